@@ -6,4 +6,41 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
   prompt tokens; response ids end with the template's end-of-turn / EOS token.
 - `collate_pairs(pairs, pad_token_id)` returns right-padded tensors of 2B rows, chosen rows first:
   `input_ids`, `attention_mask`, `loss_mask` (1 on response tokens, see `minidpo.logprobs`).
+
+    formats.py   file / record -> PreferencePair (several formats, errors name file:line and field)
+    tokenize.py  chat template, response-only ids, truncation, stats, on-disk cache
+    collate.py   dynamic padding, [chosen; rejected] rows
+    sampler.py   batch_plan: deterministic, length-grouped, equal batches per rank
 """
+
+from .collate import collate_pairs
+from .formats import FORMATS, DataError, PreferencePair, detect_format, iter_pairs
+from .sampler import batch_plan
+from .tokenize import (
+    DEFAULT_CACHE_DIR,
+    ChatEncoder,
+    DataStats,
+    PreferenceDataset,
+    TokenizedPair,
+    encode_prompt_response,
+    load_preference_data,
+    truncate_pair,
+)
+
+__all__ = [
+    "FORMATS",
+    "DEFAULT_CACHE_DIR",
+    "ChatEncoder",
+    "DataError",
+    "DataStats",
+    "PreferenceDataset",
+    "PreferencePair",
+    "TokenizedPair",
+    "batch_plan",
+    "collate_pairs",
+    "detect_format",
+    "encode_prompt_response",
+    "iter_pairs",
+    "load_preference_data",
+    "truncate_pair",
+]

@@ -1,0 +1,379 @@
+"""Preference files -> `PreferencePair`s.
+
+Reads JSON (an array, or an object holding one array) and JSONL (one object per line), from a file or a
+folder of such files, and turns each record into a `PreferencePair`: the prompt as chat messages plus
+the chosen and rejected answers as plain strings. Every record keeps a `source` ("file.jsonl:17") so
+that any error can name the file, the line and the field.
+
+Formats (`data_format=`; "auto" detects it from the first record of each file):
+
+- "prompt"   (the seed's, also TRL's standard form) {"prompt": str, "chosen": str, "rejected": str,
+             optional "system": str}
+- "messages" (MiniMind, and TRL's implicit-prompt form) {"chosen": [messages], "rejected": [messages]}:
+             the leading messages the two conversations share are the prompt; what follows is one
+             assistant message on each side.
+- "sharegpt" (LLaMA-Factory) {"conversations": [{"from", "value"}...], "chosen": {"from", "value"},
+             "rejected": {...}, optional "system"}, roles system / human / gpt.
+- "alpaca"   {"instruction", optional "input", "chosen", "rejected", optional "system",
+             optional "history": [[user, assistant], ...]}
+- "trl"      (TRL's conversational form) {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+
+Keys other than these are ignored (ids, scores, ...).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl")
+FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
+                  "llama_factory": "sharegpt", "trl_conversational": "trl"}
+DATA_SUFFIXES = (".json", ".jsonl")
+
+
+class DataError(ValueError):
+    """A problem with the preference data. The message names the file, the line (or record) and the field.
+
+    `reason` is a short category ("malformed JSON", "missing field", ...) used to count skipped records.
+    """
+
+    def __init__(self, message: str, reason: str = "bad record"):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One preference: a prompt (chat messages, ending with a user turn) and two answers to it."""
+
+    prompt_messages: list[dict]
+    chosen: str
+    rejected: str
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    source: str  # "file.jsonl:17"
+    value: object  # the parsed JSON value, or a DataError when the line was not valid JSON
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def data_files(path: str | os.PathLike) -> list[str]:
+    """The .json / .jsonl files at `path` (the file itself, or a folder's files in name order)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = sorted(
+            os.path.join(path, f) for f in os.listdir(path)
+            if f.endswith(DATA_SUFFIXES) and os.path.isfile(os.path.join(path, f))
+        )
+        if not files:
+            raise DataError(f"{path}: the folder holds no .json or .jsonl files", "empty file")
+        return files
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file or folder", "missing file")
+    return [path]
+
+
+def _type_name(v: object) -> str:
+    return {type(None): "null", bool: "bool", int: "int", float: "float", str: "string",
+            list: "list", dict: "object"}.get(type(v), type(v).__name__)
+
+
+def read_records(file: str) -> Iterator[RawRecord]:
+    """Yield every record of one JSON or JSONL file, with its line number.
+
+    JSON vs JSONL is decided by content: a file whose first character is "[" is one JSON array;
+    otherwise each non-blank line is one object, unless the whole file is one (pretty-printed) object,
+    which is taken as one record, or as its only list value when it looks like {"data": [...]}.
+    """
+    name = os.path.basename(file)
+    with open(file, encoding="utf-8-sig") as f:
+        text = f.read()
+    stripped = text.lstrip()
+    if not stripped:
+        raise DataError(f"{name}: the file is empty", "empty file")
+    if stripped[0] == "[":
+        yield from _read_json_array(text, name)
+        return
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip())
+    try:
+        json.loads(lines[first])
+    except json.JSONDecodeError:
+        # Not one object per line: maybe a single pretty-printed JSON object.
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError:
+            whole = None
+        if isinstance(whole, dict):
+            lists = [v for v in whole.values() if isinstance(v, list)]
+            if len(whole) == 1 and len(lists) == 1:
+                yield from _read_json_array(json.dumps(lists[0]), name, line_numbers=False)
+            else:
+                yield RawRecord(f"{name}:{first + 1}", whole)
+            return
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        source = f"{name}:{i + 1}"
+        try:
+            yield RawRecord(source, json.loads(line))
+        except json.JSONDecodeError as e:
+            yield RawRecord(source, DataError(f"{source}: malformed JSON ({e.msg} at column {e.colno})",
+                                              "malformed JSON"))
+
+
+def _read_json_array(text: str, name: str, line_numbers: bool = True) -> Iterator[RawRecord]:
+    """Decode a JSON array element by element, so that each record knows the line it starts on."""
+    dec = json.JSONDecoder()
+    i = text.index("[") + 1
+    n = 0
+    line = 1 + text.count("\n", 0, i)
+    last = i
+
+    def where(pos: int) -> str:
+        nonlocal line, last
+        line += text.count("\n", last, pos)
+        last = pos
+        return f"{name}:{line}" if line_numbers else f"{name}: record {n}"
+
+    def skip_ws(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    i = skip_ws(i)
+    if i < len(text) and text[i] == "]":
+        return
+    while True:
+        i = skip_ws(i)
+        source = where(i)
+        try:
+            value, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{name}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); "
+                            "a JSON file must be valid as a whole (use JSONL to skip bad lines)",
+                            "malformed JSON") from None
+        yield RawRecord(source, value)
+        n += 1
+        i = skip_ws(i)
+        if i < len(text) and text[i] == ",":
+            i += 1
+            continue
+        if i < len(text) and text[i] == "]":
+            return
+        raise DataError(f"{where(i)}: malformed JSON (expected ',' or ']' after a record)", "malformed JSON")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Format detection
+
+
+def canonical_format(data_format: str) -> str:
+    f = FORMAT_ALIASES.get(data_format, data_format)
+    if f != "auto" and f not in FORMATS:
+        names = ", ".join(("auto",) + FORMATS + tuple(FORMAT_ALIASES))
+        raise ValueError(f"unknown data_format {data_format!r}: choose one of {names}")
+    return f
+
+
+def detect_format(record: object, source: str = "") -> str:
+    """Which of FORMATS a record looks like, from its keys."""
+    where = f"{source}: " if source else ""
+    if not isinstance(record, dict):
+        raise DataError(f"{where}expected a JSON object per record, got {_type_name(record)}", "wrong type")
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record:
+        return "alpaca"
+    if "prompt" in record:
+        return "trl" if isinstance(record["prompt"], list) else "prompt"
+    if isinstance(record.get("chosen"), list) and isinstance(record.get("rejected"), list):
+        return "messages"
+    raise DataError(
+        f"{where}cannot tell the data format from the keys {sorted(record)}: expected "
+        '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists, "conversations" (ShareGPT) or '
+        '"instruction" (Alpaca); or pass data_format=', "unknown format")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Record -> PreferencePair
+
+
+class _Rec:
+    """Field access that raises DataErrors naming source and field."""
+
+    def __init__(self, value: object, source: str):
+        self.source = source
+        if not isinstance(value, dict):
+            self.fail("", f"expected a JSON object, got {_type_name(value)}", "wrong type")
+        self.d = value
+
+    def fail(self, field: str, msg: str, reason: str):
+        f = f' field "{field}":' if field else ""
+        raise DataError(f"{self.source}:{f} {msg}", reason)
+
+    def string(self, value: object, field: str, *, allow_empty: bool = False) -> str:
+        if not isinstance(value, str):
+            self.fail(field, f"expected a non-empty string, got {_type_name(value)}", "wrong type")
+        if not allow_empty and not value.strip():
+            self.fail(field, "expected a non-empty string, got an empty one", "empty field")
+        return value
+
+    def get(self, key: str, kind: type, *, required: bool = True, allow_empty: bool = False):
+        if key not in self.d or self.d[key] is None:
+            if required:
+                self.fail(key, "missing", "missing field")
+            return None
+        v = self.d[key]
+        if kind is str:
+            return self.string(v, key, allow_empty=allow_empty)
+        if not isinstance(v, kind):
+            self.fail(key, f"expected {_type_name(kind())}, got {_type_name(v)}", "wrong type")
+        if not allow_empty and len(v) == 0:
+            self.fail(key, f"expected a non-empty {_type_name(kind())}, got an empty one", "empty field")
+        return v
+
+    def message(self, m: object, field: str, *, role_key="role", content_key="content",
+                roles: dict | None = None) -> dict:
+        if not isinstance(m, dict):
+            self.fail(field, f"expected a message object, got {_type_name(m)}", "wrong type")
+        roles = roles or {r: r for r in ROLES}
+        if role_key not in m:
+            self.fail(f"{field}.{role_key}", "missing", "missing field")
+        role = m[role_key]
+        if role not in roles:
+            self.fail(f"{field}.{role_key}", f"unknown role {role!r} (expected one of {', '.join(roles)})",
+                      "unknown role")
+        if content_key not in m or m[content_key] is None:
+            self.fail(f"{field}.{content_key}", "missing", "missing field")
+        content = self.string(m[content_key], f"{field}.{content_key}")
+        return {"role": roles[role], "content": content}
+
+    def messages(self, key: str, **kw) -> list[dict]:
+        ms = self.get(key, list)
+        return [self.message(m, f"{key}[{i}]", **kw) for i, m in enumerate(ms)]
+
+    def check_prompt(self, prompt: list[dict], field: str) -> list[dict]:
+        for i, m in enumerate(prompt):
+            if m["role"] == "system" and i != 0:
+                self.fail(field, f"a system message may only come first (found one at turn {i})", "bad structure")
+        if not prompt or prompt[-1]["role"] != "user":
+            self.fail(field, "the prompt must end with a user turn", "bad structure")
+        return prompt
+
+    def pair(self, prompt: list[dict], chosen: str, rejected: str, prompt_field: str) -> PreferencePair:
+        self.check_prompt(prompt, prompt_field)
+        if chosen == rejected:
+            self.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
+                      "chosen identical to rejected")
+        return PreferencePair(prompt, chosen, rejected, self.source)
+
+
+def _system(r: _Rec) -> list[dict]:
+    s = r.get("system", str, required=False, allow_empty=True)
+    return [{"role": "system", "content": s}] if s and s.strip() else []
+
+
+def _parse_prompt(r: _Rec) -> PreferencePair:
+    prompt = _system(r) + [{"role": "user", "content": r.get("prompt", str)}]
+    return r.pair(prompt, r.get("chosen", str), r.get("rejected", str), "prompt")
+
+
+def _one_assistant(r: _Rec, msgs: list[dict], field: str, offset: int = 0) -> str:
+    if len(msgs) != 1:
+        r.fail(field, f"expected exactly one assistant message after the prompt, got {len(msgs)}", "bad structure")
+    if msgs[0]["role"] != "assistant":
+        r.fail(f"{field}[{offset}].role", f"expected 'assistant', got {msgs[0]['role']!r}", "bad structure")
+    return msgs[0]["content"]
+
+
+def _parse_messages(r: _Rec) -> PreferencePair:
+    chosen, rejected = r.messages("chosen"), r.messages("rejected")
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    if n == len(chosen) == len(rejected):
+        r.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
+               "chosen identical to rejected")
+    if n == 0:
+        r.fail("chosen", "chosen and rejected share no leading prompt turns", "bad structure")
+    c = _one_assistant(r, chosen[n:], "chosen", n)
+    j = _one_assistant(r, rejected[n:], "rejected", n)
+    return r.pair(chosen[:n], c, j, "chosen")
+
+
+def _parse_trl(r: _Rec) -> PreferencePair:
+    prompt = r.messages("prompt")
+    c = _one_assistant(r, r.messages("chosen"), "chosen")
+    j = _one_assistant(r, r.messages("rejected"), "rejected")
+    return r.pair(prompt, c, j, "prompt")
+
+
+def _parse_sharegpt(r: _Rec) -> PreferencePair:
+    kw = dict(role_key="from", content_key="value", roles=SHAREGPT_ROLES)
+    prompt = _system(r) + r.messages("conversations", **kw)
+    c = r.message(r.get("chosen", dict), "chosen", **kw)
+    j = r.message(r.get("rejected", dict), "rejected", **kw)
+    for m, f in ((c, "chosen"), (j, "rejected")):
+        if m["role"] != "assistant":
+            r.fail(f"{f}.from", f"expected 'gpt', got {r.d[f]['from']!r}", "bad structure")
+    return r.pair(prompt, c["content"], j["content"], "conversations")
+
+
+def _parse_alpaca(r: _Rec) -> PreferencePair:
+    instruction = r.get("instruction", str)
+    inp = r.get("input", str, required=False, allow_empty=True)
+    user = f"{instruction}\n{inp}" if inp and inp.strip() else instruction
+    history = []
+    for i, turn in enumerate(r.get("history", list, required=False, allow_empty=True) or []):
+        if not isinstance(turn, list) or len(turn) != 2:
+            r.fail(f"history[{i}]", f"expected a [user, assistant] pair, got {_type_name(turn)}", "wrong type")
+        history.append({"role": "user", "content": r.string(turn[0], f"history[{i}][0]")})
+        history.append({"role": "assistant", "content": r.string(turn[1], f"history[{i}][1]")})
+    prompt = _system(r) + history + [{"role": "user", "content": user}]
+    return r.pair(prompt, r.get("chosen", str), r.get("rejected", str), "instruction")
+
+
+PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
+           "alpaca": _parse_alpaca, "trl": _parse_trl}
+
+
+def parse_record(record: RawRecord, data_format: str) -> PreferencePair:
+    """One raw record -> PreferencePair, or a DataError naming source and field."""
+    if isinstance(record.value, DataError):
+        raise record.value
+    return PARSERS[data_format](_Rec(record.value, record.source))
+
+
+def iter_pairs(path: str | os.PathLike, data_format: str = "auto") -> Iterator[tuple[RawRecord, str, PreferencePair | DataError]]:
+    """Yield (raw record, format, pair or DataError) for every record under `path`.
+
+    Per-record problems are yielded as DataErrors (so the caller can skip or raise); problems with a
+    whole file (missing, empty, invalid JSON array) are raised.
+    """
+    fmt = canonical_format(data_format)
+    for file in data_files(path):
+        file_fmt = None if fmt == "auto" else fmt
+        n = 0
+        for rec in read_records(file):
+            n += 1
+            try:
+                if file_fmt is None:
+                    if isinstance(rec.value, DataError):
+                        raise rec.value
+                    file_fmt = detect_format(rec.value, rec.source)
+                yield rec, file_fmt, parse_record(rec, file_fmt)
+            except DataError as e:
+                yield rec, file_fmt or "unknown", e
+        if n == 0:
+            raise DataError(f"{os.path.basename(file)}: no records (an empty JSON array)", "empty file")
