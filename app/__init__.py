@@ -1,0 +1,1 @@
+"""Gradio apps on top of minidpo exports. `python -m app.compare --help`."""
