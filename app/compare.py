@@ -416,7 +416,7 @@ class Comparer:
         )
         if problem:
             _warn(problem)
-            yield "", "", "", "", f"⚠️ {problem}"
+            yield "", "", "", "", f"**Cannot start:** {problem}"
             return
         sft = dpo = None
         try:
@@ -429,7 +429,7 @@ class Comparer:
             traceback.print_exc()
             message = f"Generation failed: {_first_line(exc)}"
             _warn(message)
-            yield (sft.text() if sft else ""), (dpo.text() if dpo else ""), "", "", f"⚠️ {message}"
+            yield (sft.text() if sft else ""), (dpo.text() if dpo else ""), "", "", f"**Problem:** {message}"
             return
         r_sft, r_dpo = rewards if rewards else (None, None)
         if rewards is None:
@@ -446,7 +446,7 @@ class Comparer:
             dpo.text(),
             self._stats(sft, r_sft, True),
             self._stats(dpo, r_dpo, True),
-            f"✅ Done. {verdict}",
+            f"**Done.** {verdict}",
         )
 
     # -- blind vote -----------------------------------------------------------------------------
@@ -464,7 +464,7 @@ class Comparer:
         )
         if problem:
             _warn(problem)
-            yield "", "", f"⚠️ {problem}", None
+            yield "", "", f"**Cannot start:** {problem}", None
             return
         if order_seed is None:
             order_seed = secrets.randbelow(2**31)
@@ -481,7 +481,7 @@ class Comparer:
             traceback.print_exc()
             message = f"Generation failed: {_first_line(exc)}"
             _warn(message)
-            yield "", "", f"⚠️ {message}", None
+            yield "", "", f"**Problem:** {message}", None
             return
         comparison = {
             "prompt": str(prompt).strip(),
@@ -493,18 +493,18 @@ class Comparer:
             "order_seed": order_seed,
             "voted": False,
         }
-        yield texts[a_role], texts[b_role], "✅ Both answers are ready: which one is better?", comparison
+        yield texts[a_role], texts[b_role], "**Both answers are ready:** which one is better?", comparison
 
     def vote(self, comparison: dict | None, choice: str):
         """Record a vote ("A", "B" or "skip"). Returns (status markdown, updated comparison)."""
         if not comparison:
             message = "Generate a pair of answers first (or wait until both have finished)."
             _warn(message)
-            return f"⚠️ {message}", comparison
+            return f"**Problem:** {message}", comparison
         if comparison.get("voted"):
             message = "This comparison is already recorded; generate a new one."
             _warn(message)
-            return f"⚠️ {message}", comparison
+            return f"**Problem:** {message}", comparison
         models = comparison["models"]
         reveal = f"A was **{models['A']}**, B was **{models['B']}**."
         if comparison.get("rewards"):
@@ -520,11 +520,11 @@ class Comparer:
         if not chosen.strip() or not rejected.strip():
             message = "One answer is empty, so this pair cannot become training data; skip it."
             _warn(message)
-            return f"⚠️ {message}", comparison
+            return f"**Problem:** {message}", comparison
         if chosen.strip() == rejected.strip():
             message = "The two answers are identical, so there is nothing to learn from this pair; skip it."
             _warn(message)
-            return f"⚠️ {message}", comparison
+            return f"**Problem:** {message}", comparison
         record = {"prompt": comparison["prompt"], "chosen": chosen, "rejected": rejected}
         if comparison["system"]:
             record["system"] = comparison["system"]
@@ -550,9 +550,9 @@ class Comparer:
         except OSError as exc:
             message = f"Could not write the vote to {self.votes_path}: {_first_line(exc)}"
             _warn(message)
-            return f"⚠️ {message}", comparison
+            return f"**Problem:** {message}", comparison
         comparison = {**comparison, "voted": True}
-        return f"✅ Vote saved to `{self.votes_path}`: {choice} is better. {reveal}", comparison
+        return f"**Vote saved** to `{self.votes_path}`: {choice} is better. {reveal}", comparison
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -585,9 +585,11 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
             with gr.Column(scale=3):
                 prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something…", elem_id="prompt")
                 system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="system")
-            with gr.Column(scale=2), gr.Accordion("Generation settings", open=False):
+                gr.Examples(EXAMPLES, inputs=[prompt, system], label="Examples (Chinese and English)")
+            with gr.Column(scale=2), gr.Accordion("Generation settings", open=True):
                 max_new_tokens = gr.Slider(
-                    1, max_tokens_cap, value=settings_defaults.max_new_tokens, step=1, label="Max new tokens"
+                    1, max_tokens_cap, value=settings_defaults.max_new_tokens, step=1, label="Max new tokens",
+                    elem_id="max-new-tokens",
                 )
                 temperature = gr.Slider(0.0, 2.0, value=settings_defaults.temperature, step=0.05,
                                         label="Temperature (0 = greedy)")
@@ -597,14 +599,13 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
                     0.5, 2.0, value=settings_defaults.repetition_penalty, step=0.05, label="Repetition penalty"
                 )
                 seed = gr.Number(value=settings_defaults.seed, precision=0, label="Seed", elem_id="seed")
-        gr.Examples(EXAMPLES, inputs=[prompt, system], label="Examples")
         inputs = [prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed]
 
         with gr.Tabs():
             with gr.Tab("Side by side", id="compare"):
                 with gr.Row():
-                    compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                    compare_btn = gr.Button("Compare", variant="primary", scale=4, elem_id="compare-btn")
+                    stop_btn = gr.Button("Stop", variant="stop", scale=1, elem_id="stop-btn")
                 status = gr.Markdown(elem_id="status")
                 with gr.Row(equal_height=True):
                     with gr.Column():
@@ -623,8 +624,8 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
                     "(`prompt` / `chosen` / `rejected`), ready for the next round of DPO."
                 )
                 with gr.Row():
-                    blind_btn = gr.Button("Generate A / B", variant="primary", elem_id="blind-btn")
-                    blind_stop = gr.Button("Stop", variant="stop", elem_id="blind-stop-btn")
+                    blind_btn = gr.Button("Generate A / B", variant="primary", scale=4, elem_id="blind-btn")
+                    blind_stop = gr.Button("Stop", variant="stop", scale=1, elem_id="blind-stop-btn")
                 blind_status = gr.Markdown(elem_id="blind-status")
                 with gr.Row(equal_height=True):
                     a_out = gr.Textbox(label="A", lines=12, max_lines=30, interactive=False,
@@ -649,7 +650,7 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
 
         def stopped():
             gr.Warning("Generation stopped; the partial answers stay, no rewards were computed.")
-            return "⏹️ Stopped: partial answers kept, no rewards computed."
+            return "**Stopped:** partial answers kept, no rewards computed."
 
         stop_btn.click(stopped, None, status, cancels=[compare_event])
 

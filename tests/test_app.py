@@ -134,7 +134,7 @@ def test_compare_streams_both_columns_with_stats(comparer):
     # both columns advance together: an intermediate update already shows text in both
     assert any(o[0] and o[1] for o in outs[:-2])
     sft_text, dpo_text, sft_stats, dpo_stats, status = outs[-1]
-    assert sft_text and dpo_text and status.startswith("✅ Done")
+    assert sft_text and dpo_text and status.startswith("**Done.**")
     for stats in (sft_stats, dpo_stats):
         assert "tokens**" in stats and "tokens/s" in stats and "implicit reward" in stats
     r = implicit_rewards(comparer.dpo.model, comparer.sft.model, comparer.sft.tokenizer,
@@ -169,7 +169,7 @@ def test_stopping_midway_is_quiet(comparer):
 def test_bad_input_gives_a_message_not_a_trace(comparer, prompt, over, message):
     with pytest.warns(UserWarning, match=message.split()[0]):
         outs = list(comparer.compare(*args(prompt, **over)))
-    assert len(outs) == 1 and message in outs[0][-1] and outs[0][-1].startswith("⚠️")
+    assert len(outs) == 1 and message in outs[0][-1] and outs[0][-1].startswith("**Cannot start:**")
     with pytest.warns(UserWarning):
         blind = list(comparer.blind(*args(prompt, **over)))
     assert message in blind[0][2] and blind[0][3] is None
@@ -198,7 +198,7 @@ def test_vote_appends_a_line_the_trainer_loads(comparer):
     )
     assert comparison is not None and not comparison["voted"]
     status, comparison = comparer.vote(comparison, "B")
-    assert status.startswith("✅ Vote saved") and comparison["voted"]
+    assert status.startswith("**Vote saved**") and comparison["voted"]
     with pytest.warns(UserWarning, match="already recorded"):
         comparer.vote(comparison, "A")  # no double counting
 
