@@ -232,13 +232,15 @@ class _Rec:
     def get(self, key: str, kind: type, *, required: bool = True, allow_empty: bool = False):
         if key not in self.d or self.d[key] is None:
             if required:
-                self.fail(key, "missing", "missing field")
+                what = "a non-empty string" if kind is str else f"a non-empty {_type_name(kind())}"
+                self.fail(key, f"missing (expected {what}; the record has {', '.join(map(repr, self.d)) or 'no keys'})",
+                          "missing field")
             return None
         v = self.d[key]
         if kind is str:
             return self.string(v, key, allow_empty=allow_empty)
         if not isinstance(v, kind):
-            self.fail(key, f"expected {_type_name(kind())}, got {_type_name(v)}", "wrong type")
+            self.fail(key, f"expected {'an object' if kind is dict else 'a list'}, got {_type_name(v)}", "wrong type")
         if not allow_empty and len(v) == 0:
             self.fail(key, f"expected a non-empty {_type_name(kind())}, got an empty one", "empty field")
         return v
@@ -249,13 +251,13 @@ class _Rec:
             self.fail(field, f"expected a message object, got {_type_name(m)}", "wrong type")
         roles = roles or {r: r for r in ROLES}
         if role_key not in m:
-            self.fail(f"{field}.{role_key}", "missing", "missing field")
+            self.fail(f"{field}.{role_key}", f"missing (expected one of {', '.join(roles)})", "missing field")
         role = m[role_key]
         if role not in roles:
             self.fail(f"{field}.{role_key}", f"unknown role {role!r} (expected one of {', '.join(roles)})",
                       "unknown role")
         if content_key not in m or m[content_key] is None:
-            self.fail(f"{field}.{content_key}", "missing", "missing field")
+            self.fail(f"{field}.{content_key}", "missing (expected a non-empty string)", "missing field")
         content = self.string(m[content_key], f"{field}.{content_key}")
         return {"role": roles[role], "content": content}
 
@@ -273,7 +275,7 @@ class _Rec:
 
     def pair(self, prompt: list[dict], chosen: str, rejected: str, prompt_field: str) -> PreferencePair:
         self.check_prompt(prompt, prompt_field)
-        if chosen == rejected:
+        if chosen.strip() == rejected.strip():
             self.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
                       "chosen identical to rejected")
         return PreferencePair(prompt, chosen, rejected, self.source)

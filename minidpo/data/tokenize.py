@@ -284,7 +284,7 @@ def load_preference_data(
     max_prompt_length: int | None = None,
     data_format: str = "auto",
     on_bad_record: str = "error",
-    max_bad_fraction: float = 0.1,
+    max_bad_fraction: float | None = 0.1,
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
@@ -297,7 +297,8 @@ def load_preference_data(
         data_format: "auto" (detected per file from its first record) or one of formats.FORMATS.
         on_bad_record: "error" raises the first DataError; "skip" skips bad records and counts them by reason.
         max_bad_fraction: raise a DataError when more than this fraction of the records read were skipped
-            or dropped (a sign of the wrong format or too small a max_length).
+            or dropped (a sign of the wrong format or too small a max_length), or when no pair is left;
+            None checks nothing (for inspecting bad data).
         cache_dir: where prepared data is cached (key: files' path+size+mtime, tokenizer, settings);
             None disables the cache.
         progress: show a tqdm bar; None shows it for 2000 pairs or more.
@@ -380,7 +381,9 @@ def load_preference_data(
     return ds
 
 
-def _check_bad_fraction(stats: DataStats, max_bad_fraction: float, path) -> None:
+def _check_bad_fraction(stats: DataStats, max_bad_fraction: float | None, path) -> None:
+    if max_bad_fraction is None:
+        return
     bad = stats.n_skipped + stats.n_dropped
     if stats.kept == 0:
         raise DataError(f"{path}: no usable preference pairs ({stats.summary()}). "

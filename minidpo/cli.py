@@ -1,0 +1,87 @@
+"""The `minidpo` command.
+
+    minidpo data inspect FILE [--model PATH] [--max_length N] [--max_prompt_length N] [--data_format F]
+
+Subcommands are registered in COMMANDS: each entry is a function that receives the `add_subparsers()`
+object, adds its parser(s) and sets `func=` (called with the parsed args, returns an exit code).
+Keep imports of heavy modules (torch, transformers) inside the `func`s so `minidpo --help` stays fast.
+To add e.g. `minidpo eval`, write `add_eval_command(subparsers)` and append it to COMMANDS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+
+def _add_data_command(subparsers) -> None:
+    data = subparsers.add_parser("data", help="look at preference data", description="Look at preference data.")
+    data_sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    p = data_sub.add_parser(
+        "inspect",
+        help="detected format, counts, length percentiles and one pair as the model sees it",
+        description="Show a preference file's (or folder's) detected format, how many pairs are usable, "
+        "skipped or dropped (with reasons), length percentiles of prompt / chosen / rejected, and one pair "
+        "rendered as the model sees it with the masked prompt part marked. Without --model, lengths are "
+        "in characters and the pair is shown in the plain fallback template.",
+    )
+    p.add_argument("file", help="a .json / .jsonl file, or a folder of them")
+    p.add_argument("--model", help="a local model or tokenizer folder: token lengths, truncation and masks")
+    p.add_argument("--max_length", type=int, default=1024, help="most tokens of prompt + answer (default 1024)")
+    p.add_argument("--max_prompt_length", type=int, default=None, help="most prompt tokens (default: no limit)")
+    p.add_argument("--data_format", default="auto",
+                   help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl")
+    p.add_argument("--index", type=int, default=0, help="which pair to show (default 0)")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
+                   help="dim the masked prompt (auto: when printing to a terminal); otherwise [[brackets]]")
+    p.set_defaults(func=_data_inspect)
+
+
+def _data_inspect(args) -> int:
+    from minidpo.data.inspect import inspect_data
+
+    tokenizer = None
+    if args.model:
+        import os
+
+        if not os.path.isdir(args.model):
+            print(f"minidpo: error: --model {args.model!r} is not a folder (give a local model or tokenizer "
+                  "folder; nothing is downloaded)", file=sys.stderr)
+            return 2
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(args.model)
+        except (OSError, ValueError) as e:
+            print(f"minidpo: error: cannot load a tokenizer from {args.model!r} (a local folder with "
+                  f"tokenizer files is needed; nothing is downloaded): {e}", file=sys.stderr)
+            return 2
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(inspect_data(args.file, tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
+                       data_format=args.data_format, index=args.index, color=color))
+    return 0
+
+
+COMMANDS: list[Callable] = [_add_data_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minidpo", description="Direct Preference Optimization on DeepSpeed.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as e:  # DataError and bad settings: a message for people, not a traceback
+        print(f"minidpo: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""`minidpo data inspect`: what a preference file holds and what the model will be trained on."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+from .formats import DataError, iter_pairs
+from .tokenize import PLAIN_ROLES, load_preference_data
+
+DIM, RESET = "\033[2m", "\033[0m"
+OPEN, CLOSE = "[[", "]]"  # marks the masked (prompt) part when not using colour
+
+
+def percentiles(values: Sequence[int], ps=(50, 90, 99)) -> dict:
+    """Nearest-rank percentiles plus max: {"p50": .., "p90": .., "p99": .., "max": ..}."""
+    v = sorted(values)
+    if not v:
+        return {f"p{p}": 0 for p in ps} | {"max": 0}
+    out = {f"p{p}": v[min(len(v) - 1, max(0, math.ceil(p / 100 * len(v)) - 1))] for p in ps}
+    out["max"] = v[-1]
+    return out
+
+
+def _table(rows: dict[str, list[int]], unit: str) -> list[str]:
+    lines = [f"  {unit:<10} {'p50':>7} {'p90':>7} {'p99':>7} {'max':>7}"]
+    for name, values in rows.items():
+        q = percentiles(values)
+        lines.append(f"  {name:<10} {q['p50']:>7} {q['p90']:>7} {q['p99']:>7} {q['max']:>7}")
+    return lines
+
+
+def _mark(prompt: str, response: str, color: bool) -> str:
+    if color:
+        return f"{DIM}{prompt}{RESET}{response}"
+    return f"{OPEN}{prompt}{CLOSE}{response}"
+
+
+def _counts(title: str, d: dict) -> list[str]:
+    if not d:
+        return []
+    return [f"{title}: {sum(d.values())}"] + [f"  {k}: {v}" for k, v in sorted(d.items())]
+
+
+def inspect_data(
+    path: str | os.PathLike,
+    tokenizer=None,
+    *,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    data_format: str = "auto",
+    index: int = 0,
+    color: bool = False,
+) -> str:
+    """A report: format, counts (skipped / truncated / dropped, by reason), length percentiles, one pair.
+
+    With a tokenizer, lengths are in tokens after truncation and the pair is shown decoded from its
+    token ids, the prompt part (masked out of the loss) dimmed or [[in double brackets]]. Without one,
+    lengths are in characters and the pair is shown in the plain fallback template.
+    """
+    lines = [f"file:     {path}"]
+    if tokenizer is None:
+        return "\n".join(lines + _inspect_text_only(path, data_format, index, color))
+    ds = load_preference_data(path, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
+                              data_format=data_format, on_bad_record="skip", max_bad_fraction=None,
+                              cache_dir=None, log=None)
+    s = ds.stats
+    lines += [f"format:   {s.format}", f"records:  {s.read} read, {s.kept} pairs kept",
+              f"limits:   max_length={max_length}, max_prompt_length={max_prompt_length}"]
+    lines += _counts("skipped (bad records)", s.skipped)
+    lines += [f"truncated: {s.truncated} pairs ({s.prompt_truncated} prompts kept their end, "
+              f"{s.response_truncated} with a response cut)"]
+    lines += _counts("dropped", s.dropped)
+    lines += _examples(s.examples)
+    lines += ["token lengths (after truncation):"]
+    lines += _table({"prompt": [len(p.prompt_ids) for p in ds], "chosen": [len(p.chosen_ids) for p in ds],
+                     "rejected": [len(p.rejected_ids) for p in ds], "sequence": ds.lengths}, "tokens")
+    if len(ds):
+        i = min(max(index, 0), len(ds) - 1)
+        p = ds[i]
+        prompt = tokenizer.decode(p.prompt_ids)
+        lines += ["", f"pair {i} ({ds.sources[i]}), as the model sees it; the prompt ({len(p.prompt_ids)} tokens) is "
+                  + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + ": masked out of the loss; the rest is trained."]
+        for name, ids in (("chosen", p.chosen_ids), ("rejected", p.rejected_ids)):
+            lines += [f"--- {name} ({len(ids)} trained tokens) ---", _mark(prompt, tokenizer.decode(ids), color)]
+    return "\n".join(lines)
+
+
+def _examples(examples: dict) -> list[str]:
+    if not examples:
+        return []
+    return ["first problem of each kind:"] + [f"  {msg}" for msg in examples.values()]
+
+
+def _inspect_text_only(path, data_format: str, index: int, color: bool) -> list[str]:
+    formats, skipped, examples, pairs = [], {}, {}, []
+    for _, fmt, item in iter_pairs(path, data_format):
+        if fmt not in formats and fmt != "unknown":
+            formats.append(fmt)
+        if isinstance(item, DataError):
+            skipped[item.reason] = skipped.get(item.reason, 0) + 1
+            examples.setdefault(item.reason, str(item))
+        else:
+            pairs.append(item)
+    lines = [f"format:   {'+'.join(formats) or 'unknown'}",
+             f"records:  {len(pairs) + sum(skipped.values())} read, {len(pairs)} valid pairs",
+             "(no --model: lengths are in characters; pass --model PATH for token lengths, truncation and masks)"]
+    lines += _counts("skipped (bad records)", skipped) + _examples(examples)
+    lines += ["character lengths:"]
+    lines += _table({"prompt": [sum(len(m["content"]) for m in p.prompt_messages) for p in pairs],
+                     "chosen": [len(p.chosen) for p in pairs], "rejected": [len(p.rejected) for p in pairs]}, "chars")
+    if pairs:
+        i = min(max(index, 0), len(pairs) - 1)
+        p = pairs[i]
+        prompt = "".join(f"{PLAIN_ROLES[m['role']]}: {m['content']}\n\n" for m in p.prompt_messages) + "Assistant: "
+        lines += ["", f"pair {i} ({p.source}) in the plain fallback template; the prompt is "
+                  + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + " (masked out of the loss)."]
+        for name, text in (("chosen", p.chosen), ("rejected", p.rejected)):
+            lines += [f"--- {name} ---", _mark(prompt, text + "<EOS>", color)]
+    return lines

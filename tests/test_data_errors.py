@@ -1,0 +1,132 @@
+"""Bad input: each problem is a DataError (a ValueError) naming file, line and field; skip mode counts it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minidpo.data import DataError, iter_pairs, load_preference_data
+
+GOOD = {"prompt": "What is photosynthesis?", "chosen": "Plants turn light into energy.", "rejected": "No idea."}
+
+
+def _sharegpt(role):
+    return {"conversations": [{"from": role, "value": "hi"}], "chosen": {"from": "gpt", "value": "a"},
+            "rejected": {"from": "gpt", "value": "b"}}
+
+
+# (bad line, expected message after "pairs.jsonl:2: ", reason)
+CASES = {
+    "malformed JSON": ('{"prompt": "a", "chosen": ', r"malformed JSON \(Expecting value at column 27\)", "malformed JSON"),
+    "missing field": (json.dumps({"prompt": "a", "chosen": "b"}),
+                      r'field "rejected": missing \(expected a non-empty string', "missing field"),
+    "empty field": (json.dumps({"prompt": " ", "chosen": "b", "rejected": "c"}),
+                    r'field "prompt": expected a non-empty string, got an empty one', "empty field"),
+    "wrong type": (json.dumps({"prompt": "a", "chosen": 17, "rejected": "c"}),
+                   r'field "chosen": expected a non-empty string, got int', "wrong type"),
+    "identical": (json.dumps({"prompt": "a", "chosen": "same", "rejected": "same"}),
+                  r'field "rejected": identical to chosen', "chosen identical to rejected"),
+    "not an object": ("[1, 2]", r"expected a JSON object, got list", "wrong type"),
+}
+
+
+def _write(tmp_path, lines, name="pairs.jsonl"):
+    f = tmp_path / name
+    f.write_text("".join(line + "\n" for line in lines))
+    return f
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_record_message_names_file_line_field(case, tmp_path):
+    line, msg, reason = CASES[case]
+    f = _write(tmp_path, [json.dumps(GOOD), line, json.dumps(GOOD)])
+    with pytest.raises(DataError, match=r"^pairs\.jsonl:2: " + msg) as e:
+        load_preference_data(f, tokenizer=None, max_length=64, cache_dir=None, log=None)
+    assert isinstance(e.value, ValueError) and e.value.reason == reason
+
+
+@pytest.mark.parametrize("record, field, message", [
+    (_sharegpt("bot"), "conversations[0].from", "unknown role 'bot'"),
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "q"}, {"role": "robot", "content": "b"}]},
+     "rejected[1].role", "unknown role 'robot'"),
+    ({"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": 3}],
+      "rejected": [{"role": "assistant", "content": "b"}]}, "chosen[0].content", "expected a non-empty string, got int"),
+    ({"instruction": "q", "chosen": "a", "rejected": "b", "history": [["only one"]]}, "history[0]",
+     "expected a [user, assistant] pair"),
+    ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, "rejected",
+     "identical to chosen"),
+    ({"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
+      "chosen": [{"role": "assistant", "content": "x"}], "rejected": [{"role": "assistant", "content": "y"}]},
+     "prompt", "the prompt must end with a user turn"),
+])
+def test_structured_formats_name_nested_fields(record, field, message, tmp_path):
+    f = _write(tmp_path, [json.dumps(record)], "conv.jsonl")
+    (_, _, err), = iter_pairs(f)
+    assert isinstance(err, DataError)
+    assert str(err).startswith(f'conv.jsonl:1: field "{field}": {message}'), str(err)
+    assert (err.reason == "unknown role") == ("unknown role" in message)
+
+
+def test_empty_file_and_empty_array_and_missing_path(tmp_path):
+    with pytest.raises(DataError, match=r"^empty\.jsonl: the file is empty"):
+        list(iter_pairs(_write(tmp_path, ["", "  "], "empty.jsonl")))
+    (tmp_path / "arr.json").write_text("[]")
+    with pytest.raises(DataError, match=r"^arr\.json: no records"):
+        list(iter_pairs(tmp_path / "arr.json"))
+    with pytest.raises(DataError, match="no such file or folder"):
+        list(iter_pairs(tmp_path / "missing.jsonl"))
+
+
+def test_json_array_errors_give_line_numbers(tmp_path):
+    f = tmp_path / "pairs.json"
+    f.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a", "chosen": ""}\n]\n')
+    (_, _, ok), (_, _, err) = iter_pairs(f)
+    assert ok.source == "pairs.json:2"
+    assert str(err).startswith('pairs.json:3: field "chosen": expected a non-empty string, got an empty one')
+    f.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a" "chosen": "b"}\n]\n')
+    with pytest.raises(DataError, match=r"^pairs\.json:3: malformed JSON"):
+        list(iter_pairs(f))
+
+
+def test_unknown_format_and_bad_override(tmp_path):
+    f = _write(tmp_path, [json.dumps({"question": "q", "answer": "a"})])
+    with pytest.raises(DataError, match=r"pairs\.jsonl:1: cannot tell the data format from the keys \['answer', 'question'\]"):
+        load_preference_data(f, None, max_length=64, cache_dir=None, log=None)
+    with pytest.raises(ValueError, match="unknown data_format 'csv'"):
+        load_preference_data(f, None, max_length=64, data_format="csv", cache_dir=None, log=None)
+    g = _write(tmp_path, [json.dumps(GOOD)], "g.jsonl")
+    with pytest.raises(DataError, match=r'g\.jsonl:1: field "conversations": missing'):
+        load_preference_data(g, None, max_length=64, data_format="sharegpt", cache_dir=None, log=None)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_skip_counts_by_reason_and_max_bad_fraction(tok, tmp_path):
+    bad = [CASES["malformed JSON"][0], CASES["wrong type"][0], CASES["wrong type"][0], CASES["identical"][0]]
+    f = _write(tmp_path, [json.dumps(GOOD)] * 16 + bad)  # 4 bad of 20 = 20%
+    with pytest.raises(DataError, match=r"4 of 20 records \(20%\) were skipped or dropped, more than max_bad_fraction=0\.1"):
+        load_preference_data(f, tok, max_length=256, on_bad_record="skip", cache_dir=None, log=None)
+    logs = []
+    ds = load_preference_data(f, tok, max_length=256, on_bad_record="skip", max_bad_fraction=0.25,
+                              cache_dir=None, log=logs.append)
+    assert len(ds) == 16 and ds.stats.read == 20
+    assert ds.stats.skipped == {"malformed JSON": 1, "wrong type": 2, "chosen identical to rejected": 1}
+    assert ds.stats.examples["wrong type"].startswith("pairs.jsonl:18: field \"chosen\"")
+    assert "4 skipped (chosen identical to rejected: 1, malformed JSON: 1, wrong type: 2)" in logs[0]
+    with pytest.raises(DataError, match=r"^pairs\.jsonl:17: malformed JSON"):  # the default is to stop
+        load_preference_data(f, tok, max_length=256, cache_dir=None, log=None)
+
+
+def test_all_bad_raises_even_with_max_bad_fraction_one(tok, tmp_path):
+    f = _write(tmp_path, [CASES["wrong type"][0]])
+    with pytest.raises(DataError, match="no usable preference pairs"):
+        load_preference_data(f, tok, max_length=256, on_bad_record="skip", max_bad_fraction=1.0,
+                             cache_dir=None, log=None)
