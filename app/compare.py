@@ -643,7 +643,7 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
             comparer.compare, inputs, [sft_out, dpo_out, sft_stats, dpo_stats, status],
             concurrency_id="generate", concurrency_limit=1, show_progress="hidden",
         )
-        prompt.submit(
+        submit_event = prompt.submit(
             comparer.compare, inputs, [sft_out, dpo_out, sft_stats, dpo_stats, status],
             concurrency_id="generate", concurrency_limit=1, show_progress="hidden",
         )
@@ -652,7 +652,7 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
             gr.Warning("Generation stopped; the partial answers stay, no rewards were computed.")
             return "**Stopped:** partial answers kept, no rewards computed."
 
-        stop_btn.click(stopped, None, status, cancels=[compare_event])
+        stop_btn.click(stopped, None, status, cancels=[compare_event, submit_event])
 
         blind_event = blind_btn.click(
             lambda *args: (None, ""), None, [comparison, vote_status], queue=False

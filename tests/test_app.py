@@ -238,9 +238,13 @@ def test_identical_answers_are_not_a_pair(comparer):
 
 
 def test_build_app(comparer):
-    from app.compare import build_app, launch_kwargs
+    from app.compare import build_app, launch_kwargs, parse_args
 
     demo = build_app(comparer)
     assert demo.title == "minidpo: SFT vs DPO"
     kw = launch_kwargs()
     assert kw["server_name"] == "127.0.0.1" and kw["server_port"] == 7860 and "theme" in kw
+    a = parse_args([])
+    assert (a.host, a.port, a.beta, a.votes) == ("127.0.0.1", 7860, 0.1, "runs/votes.jsonl")
+    a = parse_args(["--host", "0.0.0.0", "--port", "9000", "--beta", "0.05", "--sft", "s", "--dpo", "d"])
+    assert (a.host, a.port, a.beta, a.sft, a.dpo) == ("0.0.0.0", 9000, 0.05, "s", "d")
