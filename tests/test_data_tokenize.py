@@ -198,7 +198,7 @@ def test_cache_hit_and_invalidation(tok, tmp_path):
     assert not c.stats.from_cache and len(c) == 3
 
 
-def test_tokenizer_without_template_and_progress_bar(tok, tmp_path, capsys):
+def test_progress_bar(tok, tmp_path, capsys):
     f = tmp_path / "many.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": "yes", "rejected": "no"}) + "\n" for i in range(50)))
     ds = load(f, tok, progress=True)
@@ -208,3 +208,34 @@ def test_tokenizer_without_template_and_progress_bar(tok, tmp_path, capsys):
 
 def test_chat_encoder_finds_end_of_turn(tok):
     assert ChatEncoder(tok).end_id == tok.convert_tokens_to_ids("<|im_end|>")
+
+
+def _fresh_tok(tiny_model_dir, template):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.chat_template = template
+    return tok
+
+
+def test_template_with_another_end_of_turn_token(tiny_model_dir):
+    """A template that ends answers with a special token other than EOS (like Llama 3's <|eot_id|>)."""
+    template = ("{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '<|endoftext|>' }}{% endfor %}"
+                "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    tok = _fresh_tok(tiny_model_dir, template)
+    assert ChatEncoder(tok).end_id == tok.convert_tokens_to_ids("<|endoftext|>") != tok.eos_token_id
+    p, r = encode_prompt_response(tok, [{"role": "user", "content": "Hi"}], "Yes")
+    assert tok.decode(p) == "user: Hi<|endoftext|>assistant: "
+    assert tok.decode(r) == "Yes<|endoftext|>" and r.count(tok.eos_token_id) == 0
+
+
+def test_template_that_rejects_a_conversation_is_a_data_error(tiny_model_dir):
+    from minidpo.tokenizer import CHATML_TEMPLATE
+
+    template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                "{% endif %}" + CHATML_TEMPLATE)
+    tok = _fresh_tok(tiny_model_dir, template)
+    with pytest.raises(DataError, match=r"^prompt\.jsonl:1: the tokenizer's chat template rejected .*System role"):
+        load(DATA / "prompt.jsonl", tok)
+    ds = load(DATA / "prompt.jsonl", tok, on_bad_record="skip", max_bad_fraction=0.5)
+    assert len(ds) == 1 and ds.stats.skipped == {"chat template error": 1} and ds.sources == ["prompt.jsonl:2"]

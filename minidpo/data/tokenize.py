@@ -104,27 +104,40 @@ class ChatEncoder:
             return ids[: last + 1]
         return ids + [end]
 
-    def encode_pairs(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair]:
-        """Batch-encode pairs (fast tokenizers encode a batch in parallel)."""
-        texts = []
-        for p in pairs:
-            pt = self.prompt_text(p.prompt_messages)
-            texts += [pt, self.response_text(p.prompt_messages, pt, p.chosen),
-                      self.response_text(p.prompt_messages, pt, p.rejected)]
-        ids = self.encode(texts)
-        return [TokenizedPair(self.bos_ids + ids[i], self.finish_response(ids[i + 1]), self.finish_response(ids[i + 2]))
-                for i in range(0, len(ids), 3)]
+    def encode_prompt_response(self, prompt_messages: list[dict], response: str) -> tuple[list[int], list[int]]:
+        """(prompt_ids, response_ids) for one answer; see the module function of the same name."""
+        pt = self.prompt_text(prompt_messages)
+        p, r = self.encode([pt, self.response_text(prompt_messages, pt, response)])
+        return self.bos_ids + p, self.finish_response(r)
+
+    def encode_pairs(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair | DataError]:
+        """Batch-encode pairs (fast tokenizers encode a batch in parallel).
+
+        A pair the chat template refuses (e.g. a template that raises on a system message) comes back as
+        a DataError naming its source, so that on_bad_record="skip" can skip it.
+        """
+        texts, failed = [], {}
+        for k, p in enumerate(pairs):
+            try:
+                pt = self.prompt_text(p.prompt_messages)
+                texts += [pt, self.response_text(p.prompt_messages, pt, p.chosen),
+                          self.response_text(p.prompt_messages, pt, p.rejected)]
+            except Exception as e:  # jinja2 TemplateError and friends raised from inside the template
+                failed[k] = DataError(f"{p.source}: the tokenizer's chat template rejected this conversation: "
+                                      f"{type(e).__name__}: {e}", "chat template error")
+        ids = iter(self.encode(texts))
+        return [failed[k] if k in failed else
+                TokenizedPair(self.bos_ids + next(ids), self.finish_response(next(ids)), self.finish_response(next(ids)))
+                for k in range(len(pairs))]
 
 
 def encode_prompt_response(tokenizer, prompt_messages: list[dict], response: str) -> tuple[list[int], list[int]]:
     """(prompt_ids, response_ids) for one answer, exactly as `load_preference_data` tokenizes pairs.
 
-    `prompt_messages` are {"role", "content"} dicts ending with a user turn. Not truncated.
+    `prompt_messages` are {"role", "content"} dicts ending with a user turn. Not truncated. To score many
+    answers, build one `ChatEncoder(tokenizer)` and call its `encode_prompt_response` (saves a probe).
     """
-    enc = ChatEncoder(tokenizer)
-    pt = enc.prompt_text(prompt_messages)
-    p, r = enc.encode([pt, enc.response_text(prompt_messages, pt, response)])
-    return enc.bos_ids + p, enc.finish_response(r)
+    return ChatEncoder(tokenizer).encode_prompt_response(prompt_messages, response)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -356,6 +369,12 @@ def load_preference_data(
     for start in range(0, len(good), chunk):
         batch = good[start:start + chunk]
         for p, tp in zip(batch, enc.encode_pairs(batch)):
+            if isinstance(tp, DataError):
+                if on_bad_record == "error":
+                    raise tp
+                stats.skipped[tp.reason] = stats.skipped.get(tp.reason, 0) + 1
+                stats.examples.setdefault(tp.reason, str(tp))
+                continue
             tp, events = truncate_pair(tp, max_length, max_prompt_length)
             if tp is None:
                 (reason,) = events
