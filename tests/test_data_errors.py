@@ -130,3 +130,29 @@ def test_all_bad_raises_even_with_max_bad_fraction_one(tok, tmp_path):
     with pytest.raises(DataError, match="no usable preference pairs"):
         load_preference_data(f, tok, max_length=256, on_bad_record="skip", max_bad_fraction=1.0,
                              cache_dir=None, log=None)
+
+
+def test_jsonl_lines_split_only_on_newline_and_non_utf8(tmp_path):
+    rec = {"prompt": "a\u2028b\x85c", "chosen": "x\u2029y", "rejected": "z\r"}
+    f = tmp_path / "u.jsonl"
+    f.write_text(json.dumps(rec, ensure_ascii=False) + "\r\n" + json.dumps(GOOD) + "\r\n", encoding="utf-8")
+    (_, _, a), (_, _, b) = iter_pairs(f)
+    assert a.prompt_messages[0]["content"] == "a\u2028b\x85c" and a.chosen == "x\u2029y"
+    assert b.source == "u.jsonl:2"
+    g = tmp_path / "latin1.jsonl"
+    g.write_bytes(json.dumps(GOOD).encode() + b"\n" + '{"prompt": "caf\u00e9"}'.encode("latin-1") + b"\n")
+    with pytest.raises(DataError, match=r"^latin1\.jsonl:2: not UTF-8 text"):
+        list(iter_pairs(g))
+
+
+def test_empty_system_message_is_left_out_and_role_must_be_a_string(tmp_path):
+    rec = {"prompt": [{"role": "system", "content": ""}, {"role": "user", "content": "q"}],
+           "chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}
+    bad = {"conversations": [{"from": ["human"], "value": "q"}], "chosen": {"from": "gpt", "value": "a"},
+           "rejected": {"from": "gpt", "value": "b"}}
+    f = _write(tmp_path, [json.dumps(rec)], "a.jsonl")
+    g = _write(tmp_path, [json.dumps(bad)], "b.jsonl")
+    (_, _, p), = iter_pairs(f)
+    assert p.prompt_messages == [{"role": "user", "content": "q"}]
+    (_, _, e), = iter_pairs(g)
+    assert str(e) == 'b.jsonl:1: field "conversations[0].from": expected a role string, got list'

@@ -239,3 +239,22 @@ def test_template_that_rejects_a_conversation_is_a_data_error(tiny_model_dir):
         load(DATA / "prompt.jsonl", tok)
     ds = load(DATA / "prompt.jsonl", tok, on_bad_record="skip", max_bad_fraction=0.5)
     assert len(ds) == 1 and ds.stats.skipped == {"chat template error": 1} and ds.sources == ["prompt.jsonl:2"]
+
+
+def test_token_straddling_the_prompt_boundary_keeps_prompt_ids(tiny_model_dir):
+    """When the conversation's tokens merge across the prompt/answer boundary, the prompt ids stay the
+    prompt's own tokens and the answer is encoded on its own."""
+    template = ("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ 'Th' + m['content'] + '<|im_end|>' }}"
+                "{% else %}{{ m['content'] + '\n' }}{% endif %}{% endfor %}"
+                "{% if add_generation_prompt %}{{ 'Th' }}{% endif %}")
+    tok = _fresh_tok(tiny_model_dir, template)
+    prompt_text = "Tell me.\nTh"
+    whole = tok("Tell me.\nThe quick brown fox<|im_end|>", add_special_tokens=False)["input_ids"]
+    own = tok(prompt_text, add_special_tokens=False)["input_ids"]
+    assert whole[: len(own)] != own  # the case under test: "The" is one token across the boundary
+    p, r = encode_prompt_response(tok, [{"role": "user", "content": "Tell me."}], "e quick brown fox")
+    assert p == own
+    assert tok.decode(r) == "e quick brown fox<|im_end|>"
+    ds_pair = ChatEncoder(tok).encode_pairs([PreferencePair([{"role": "user", "content": "Tell me."}],
+                                                            "e quick brown fox", "e lazy dog", "x:1")])[0]
+    assert ds_pair.prompt_ids == own and ds_pair.chosen_ids == r

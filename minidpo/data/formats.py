@@ -96,15 +96,20 @@ def read_records(file: str) -> Iterator[RawRecord]:
     which is taken as one record, or as its only list value when it looks like {"data": [...]}.
     """
     name = os.path.basename(file)
-    with open(file, encoding="utf-8-sig") as f:
-        text = f.read()
+    try:
+        with open(file, encoding="utf-8-sig") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        line = 1 + open(file, "rb").read()[: e.start].count(b"\n")
+        raise DataError(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8",
+                        "not UTF-8") from None
     stripped = text.lstrip()
     if not stripped:
         raise DataError(f"{name}: the file is empty", "empty file")
     if stripped[0] == "[":
         yield from _read_json_array(text, name)
         return
-    lines = text.splitlines()
+    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other line separators
     first = next(i for i, line in enumerate(lines) if line.strip())
     try:
         json.loads(lines[first])
@@ -253,17 +258,20 @@ class _Rec:
         if role_key not in m:
             self.fail(f"{field}.{role_key}", f"missing (expected one of {', '.join(roles)})", "missing field")
         role = m[role_key]
+        if not isinstance(role, str):
+            self.fail(f"{field}.{role_key}", f"expected a role string, got {_type_name(role)}", "wrong type")
         if role not in roles:
             self.fail(f"{field}.{role_key}", f"unknown role {role!r} (expected one of {', '.join(roles)})",
                       "unknown role")
         if content_key not in m or m[content_key] is None:
             self.fail(f"{field}.{content_key}", "missing (expected a non-empty string)", "missing field")
-        content = self.string(m[content_key], f"{field}.{content_key}")
+        content = self.string(m[content_key], f"{field}.{content_key}", allow_empty=roles[role] == "system")
         return {"role": roles[role], "content": content}
 
     def messages(self, key: str, **kw) -> list[dict]:
-        ms = self.get(key, list)
-        return [self.message(m, f"{key}[{i}]", **kw) for i, m in enumerate(ms)]
+        """A list of messages; an empty system message is left out."""
+        ms = [self.message(m, f"{key}[{i}]", **kw) for i, m in enumerate(self.get(key, list))]
+        return [m for m in ms if m["role"] != "system" or m["content"].strip()]
 
     def check_prompt(self, prompt: list[dict], field: str) -> list[dict]:
         for i, m in enumerate(prompt):

@@ -107,8 +107,22 @@ class ChatEncoder:
     def encode_prompt_response(self, prompt_messages: list[dict], response: str) -> tuple[list[int], list[int]]:
         """(prompt_ids, response_ids) for one answer; see the module function of the same name."""
         pt = self.prompt_text(prompt_messages)
-        p, r = self.encode([pt, self.response_text(prompt_messages, pt, response)])
-        return self.bos_ids + p, self.finish_response(r)
+        rt = self.response_text(prompt_messages, pt, response)
+        p, full = self.encode([pt, pt + rt])
+        return self._split(p, full, rt)
+
+    def _split(self, prompt_ids: list[int], full_ids: list[int], response_text: str) -> tuple[list[int], list[int]]:
+        """Response ids = the tokens of the whole conversation after the prompt's tokens.
+
+        If a token straddles the boundary (the prompt's tokens are not a prefix of the conversation's),
+        the response text is encoded on its own instead, so the prompt ids stay those of the prompt.
+        """
+        n = len(prompt_ids)
+        if full_ids[:n] == prompt_ids:
+            response = full_ids[n:]
+        else:
+            response = self.encode([response_text])[0]
+        return self.bos_ids + prompt_ids, self.finish_response(response)
 
     def encode_pairs(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair | DataError]:
         """Batch-encode pairs (fast tokenizers encode a batch in parallel).
@@ -116,19 +130,30 @@ class ChatEncoder:
         A pair the chat template refuses (e.g. a template that raises on a system message) comes back as
         a DataError naming its source, so that on_bad_record="skip" can skip it.
         """
-        texts, failed = [], {}
+        texts, responses, failed = [], [], {}
         for k, p in enumerate(pairs):
             try:
                 pt = self.prompt_text(p.prompt_messages)
-                texts += [pt, self.response_text(p.prompt_messages, pt, p.chosen),
-                          self.response_text(p.prompt_messages, pt, p.rejected)]
+                rc = self.response_text(p.prompt_messages, pt, p.chosen)
+                rr = self.response_text(p.prompt_messages, pt, p.rejected)
+                texts += [pt, pt + rc, pt + rr]
+                responses.append((rc, rr))
             except Exception as e:  # jinja2 TemplateError and friends raised from inside the template
                 failed[k] = DataError(f"{p.source}: the tokenizer's chat template rejected this conversation: "
                                       f"{type(e).__name__}: {e}", "chat template error")
         ids = iter(self.encode(texts))
-        return [failed[k] if k in failed else
-                TokenizedPair(self.bos_ids + next(ids), self.finish_response(next(ids)), self.finish_response(next(ids)))
-                for k in range(len(pairs))]
+        response_texts = iter(responses)
+        out = []
+        for k in range(len(pairs)):
+            if k in failed:
+                out.append(failed[k])
+                continue
+            p, fc, fr = next(ids), next(ids), next(ids)
+            rc, rr = next(response_texts)
+            prompt_ids, chosen = self._split(p, fc, rc)
+            _, rejected = self._split(p, fr, rr)
+            out.append(TokenizedPair(prompt_ids, chosen, rejected))
+        return out
 
 
 def encode_prompt_response(tokenizer, prompt_messages: list[dict], response: str) -> tuple[list[int], list[int]]:
