@@ -156,3 +156,20 @@ def test_empty_system_message_is_left_out_and_role_must_be_a_string(tmp_path):
     assert p.prompt_messages == [{"role": "user", "content": "q"}]
     (_, _, e), = iter_pairs(g)
     assert str(e) == 'b.jsonl:1: field "conversations[0].from": expected a role string, got list'
+
+
+def test_json_layouts_minified_wrapped_and_single_object(tmp_path):
+    f = tmp_path / "min.json"
+    f.write_text(json.dumps([GOOD, GOOD, dict(GOOD, chosen=1)]))
+    sources = [rec.source for rec, _, _ in iter_pairs(f)]
+    assert sources == ["min.json:1", "min.json:1, record 2", "min.json:1, record 3"]
+    (_, _, err), = [x for x in iter_pairs(f) if isinstance(x[2], DataError)]
+    assert str(err).startswith('min.json:1, record 3: field "chosen"')
+    w = tmp_path / "wrapped.json"
+    w.write_text('{"train": [\n  ' + json.dumps(GOOD) + ",\n  " + json.dumps(dict(GOOD, rejected=[])) + "\n]}\n")
+    assert [str(x[2]) if isinstance(x[2], DataError) else x[0].source for x in iter_pairs(w)] == [
+        "wrapped.json:2", 'wrapped.json:3: field "rejected": expected a non-empty string, got list']
+    one = tmp_path / "one.json"
+    one.write_text(json.dumps(GOOD, indent=2))
+    (rec, fmt, pair), = iter_pairs(one)
+    assert (rec.source, fmt, pair.chosen) == ("one.json:1", "prompt", GOOD["chosen"])

@@ -122,7 +122,8 @@ def read_records(file: str) -> Iterator[RawRecord]:
         if isinstance(whole, dict):
             lists = [v for v in whole.values() if isinstance(v, list)]
             if len(whole) == 1 and len(lists) == 1:
-                yield from _read_json_array(json.dumps(lists[0]), name, line_numbers=False)
+                start = text.index("[", text.index(":"))  # after the only key: where the list starts
+                yield from _read_json_array(text, name, start)
             else:
                 yield RawRecord(f"{name}:{first + 1}", whole)
             return
@@ -137,19 +138,24 @@ def read_records(file: str) -> Iterator[RawRecord]:
                                               "malformed JSON"))
 
 
-def _read_json_array(text: str, name: str, line_numbers: bool = True) -> Iterator[RawRecord]:
-    """Decode a JSON array element by element, so that each record knows the line it starts on."""
+def _read_json_array(text: str, name: str, start: int | None = None) -> Iterator[RawRecord]:
+    """Decode a JSON array (starting at `start`, default the first "[") element by element, so that each
+    record knows the line it starts on."""
     dec = json.JSONDecoder()
-    i = text.index("[") + 1
+    i = (text.index("[") if start is None else start) + 1
     n = 0
     line = 1 + text.count("\n", 0, i)
     last = i
 
+    prev_line = -1
+
     def where(pos: int) -> str:
-        nonlocal line, last
+        """name:line, plus the record number when records share a line (minified JSON)."""
+        nonlocal line, last, prev_line
         line += text.count("\n", last, pos)
         last = pos
-        return f"{name}:{line}" if line_numbers else f"{name}: record {n}"
+        shared, prev_line = line == prev_line, line
+        return f"{name}:{line}, record {n + 1}" if shared else f"{name}:{line}"
 
     def skip_ws(pos: int) -> int:
         while pos < len(text) and text[pos] in " \t\r\n":
