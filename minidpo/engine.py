@@ -1,0 +1,138 @@
+"""DeepSpeed engines: the policy (optimizer, schedule, precision, ZeRO) and the frozen reference.
+
+This module is the only place that calls `deepspeed.initialize`. Like OpenRLHF's strategy object it
+owns engine creation for both models, so they always share precision and partitioning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import socket
+from collections import defaultdict
+
+import torch
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_distributed() -> tuple[int, int]:
+    """Initialise torch.distributed through DeepSpeed; works under `deepspeed`/`torchrun` and standalone.
+
+    A plain `python trainer/train_dpo.py` has no launcher environment: we describe a world of one.
+    Returns (rank, world_size).
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    # DeepSpeed JIT-compiles a small C++ op on CPU; cache it with the project instead of ~/.cache.
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".cache/torch_extensions"))
+    import deepspeed
+    import transformers
+
+    # DeepSpeed logs every config key and memory figure at INFO; we print our own one-line summary.
+    deepspeed.utils.logger.setLevel(logging.WARNING)
+    transformers.utils.logging.disable_progress_bar()
+    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+def on_cpu() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
+def device() -> torch.device:
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_lr_ratio: float):
+    """lr multiplier for optimizer step s (0-based): linear warmup to 1, then cosine to min_lr_ratio."""
+
+    def ratio(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return ratio
+
+
+def _quiet_stdout():
+    """ZeRO's optimizers print memory tables with print(); keep the console for our own progress."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def build_policy_engine(model: torch.nn.Module, ds_config: dict, lr_ratio):
+    """Wrap the trainable model; the engine owns AdamW, the schedule, accumulation, clipping, precision."""
+    import deepspeed
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    with _quiet_stdout():
+        engine, *_ = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            config=ds_config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_ratio),
+        )
+    _undo_unfused_init_step(engine)
+    return engine
+
+
+def _undo_unfused_init_step(engine) -> None:
+    """ZeRO-0 + bf16/fp16 wraps the optimizer in FP16_UnfusedOptimizer, whose constructor takes one
+    optimizer step on zero gradients to create the Adam state. That step applies weight decay to the
+    fp32 master weights and advances Adam's step counter, so ZeRO-0 would diverge from ZeRO-1/2/3.
+    Put the masters back to the model's weights and forget the state."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    wrapper = engine.optimizer
+    if not isinstance(wrapper, FP16_UnfusedOptimizer):
+        return
+    with torch.no_grad():
+        for low_group, master_group in zip(wrapper.fp16_groups, wrapper.fp32_groups):
+            for low, master in zip(low_group, master_group):
+                master.copy_(low.float())
+    wrapper.optimizer.state = defaultdict(dict)
+
+
+def build_reference_engine(model: torch.nn.Module, ds_config: dict):
+    """The frozen reference: no optimizer, eval mode, no grad, same precision (and ZeRO-3 partitioning)."""
+    import deepspeed
+
+    model.requires_grad_(False)
+    model.eval()
+    with _quiet_stdout():
+        engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    engine.eval()
+    return engine
+
+
+def load_causal_lm(path: str, *, trainable: bool):
+    """A local Hugging Face causal LM, loaded in float32 (DeepSpeed casts to the training precision)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model.config.use_cache = False
+    if trainable:
+        model.train()
+    return model
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is masked out everywhere; any id will do
+    return tok

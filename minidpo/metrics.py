@@ -1,0 +1,123 @@
+"""Training metrics: sums over micro-steps and ranks, then TensorBoard, metrics.jsonl and a progress bar.
+
+Everything is accumulated as sums with a pair count and divided once at log time, after one
+all-reduce across ranks, so a mean is exact whatever the accumulation steps, ranks or batch sizes
+(an accuracy can never exceed 1). Only rank 0 writes. Names follow TRL so runs can be compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+
+import torch
+import torch.distributed as dist
+
+# per-pair quantities summed over pairs; each TRL name -> our accumulator key
+PAIR_MEANS = {
+    "loss": "loss",
+    "rewards/chosen": "chosen_reward",
+    "rewards/rejected": "rejected_reward",
+    "rewards/accuracies": "correct",
+    "rewards/margins": "margin",
+    "logps/chosen": "chosen_logps",
+    "logps/rejected": "rejected_logps",
+}
+_KEYS = ["pairs", "tokens", "aux_loss", "micro_steps", *PAIR_MEANS.values()]
+
+
+def peak_memory_gb() -> float:
+    """Peak memory of this process: accelerator memory on a GPU, resident set size on a CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+class MetricTracker:
+    def __init__(self, output_dir: str, total_steps: int, rank: int, *, start_step: int = 0, tensorboard: bool = True):
+        self.rank = rank
+        self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
+        self.grad_norms: list[float] = []
+        self.lr = 0.0
+        self.last_time = time.perf_counter()
+        self.writer = self.jsonl = self.bar = None
+        if rank != 0:
+            return
+        from tqdm.auto import tqdm
+
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+        self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
+        self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
+
+    def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss):
+        """Record one micro-batch (tensors of shape (B,) on any device)."""
+        values = {
+            "pairs": losses.numel(),
+            "tokens": tokens,
+            "aux_loss": float(aux_loss) * losses.numel(),
+            "micro_steps": 1,
+            "loss": losses.detach().sum(),
+            "chosen_reward": chosen_rewards.sum(),
+            "rejected_reward": rejected_rewards.sum(),
+            "correct": (chosen_rewards > rejected_rewards).sum(),
+            "margin": (chosen_rewards - rejected_rewards).sum(),
+            "chosen_logps": chosen_logps.detach().sum(),
+            "rejected_logps": rejected_logps.detach().sum(),
+        }
+        self.sums += torch.tensor([float(values[k]) for k in _KEYS], dtype=torch.float64)
+
+    def add_optimizer_step(self, grad_norm, lr: float) -> None:
+        if grad_norm is not None:
+            self.grad_norms.append(float(grad_norm))
+        self.lr = lr
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def log(self, step: int) -> dict | None:
+        """All-reduce the interval's sums, write them (rank 0), reset. Collective: call on every rank."""
+        sums = self.sums.clone()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            memory = torch.tensor([peak_memory_gb()])
+            dist.all_reduce(sums)
+            dist.all_reduce(memory, op=dist.ReduceOp.MAX)
+            peak = memory.item()
+        else:
+            peak = peak_memory_gb()
+        elapsed = time.perf_counter() - self.last_time
+        self.last_time = time.perf_counter()
+        self.sums.zero_()
+        grad_norms, self.grad_norms = self.grad_norms, []
+        if self.rank != 0:
+            return None
+        s = dict(zip(_KEYS, sums.tolist()))
+        pairs = max(s["pairs"], 1.0)
+        row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()}
+        row.update({
+            "learning_rate": self.lr,
+            "perf/tokens_per_s": s["tokens"] / elapsed,
+            "perf/pairs_per_s": s["pairs"] / elapsed,
+            "memory/peak_gb": peak,
+        })
+        if grad_norms:
+            row["grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if s["aux_loss"]:
+            row["aux_loss"] = s["aux_loss"] / pairs
+        for name, value in row.items():
+            if self.writer is not None:
+                self.writer.add_scalar(name, value, step)
+        self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
+        self.jsonl.flush()
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", lr=f"{self.lr:.2e}")
+        return row
+
+    def close(self) -> None:
+        if self.rank == 0:
+            self.bar.close()
+            self.jsonl.close()
+            if self.writer is not None:
+                self.writer.close()

@@ -1,0 +1,157 @@
+"""The DPO training loop: init -> epochs -> batches -> reference log-probs -> policy log-probs -> loss
+-> backward -> step at the accumulation boundary -> log -> save."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from minidpo import checkpoint
+from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
+from minidpo.data import DataError, batch_plan, collate_pairs, load_preference_data
+from minidpo.engine import (
+    build_policy_engine,
+    build_reference_engine,
+    device,
+    load_causal_lm,
+    load_tokenizer,
+    on_cpu,
+    setup_distributed,
+    warmup_cosine,
+)
+from minidpo.logprobs import sequence_logprobs
+from minidpo.losses import preference_loss
+from minidpo.metrics import MetricTracker
+
+
+def concatenated_logps(model, batch: dict, reduction: str):
+    """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"], reduction=reduction)
+    if (n_tokens == 0).any():  # the data layer drops such pairs; never train on one that slipped through
+        raise RuntimeError("a sequence in this batch has no response tokens")
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:], getattr(out, "aux_loss", None)
+
+
+def enable_moe_aux_loss(model, coef: float | None) -> float:
+    """Ask a mixture-of-experts model for its router aux loss; returns the weight to add it with."""
+    if getattr(model.config, "output_router_logits", None) is None:
+        return 0.0
+    model.config.output_router_logits = True
+    return coef if coef is not None else float(getattr(model.config, "router_aux_loss_coef", 0.0))
+
+
+def load_data(cfg: RunConfig, tokenizer, rank: int, log):
+    """Rank 0 prepares (and caches) the data first, so the other ranks read the cache instead of redoing it."""
+    def load():
+        return load_preference_data(
+            cfg.data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+            data_format=cfg.data_format, on_bad_record=cfg.on_bad_record,
+            cache_dir=os.path.join(".cache", "minidpo", "data"), log=log,
+        )
+    dataset = load() if rank == 0 else None
+    dist.barrier()
+    return dataset if rank == 0 else load()
+
+
+def train(cfg: RunConfig) -> dict:
+    validate(cfg)
+    rank, world_size = setup_distributed()
+    ds_config = resolve_ds_config(cfg.deepspeed, cfg, world_size, on_cpu())
+    log = print if rank == 0 else (lambda *a, **k: None)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    tokenizer = load_tokenizer(cfg.model)
+    dataset = load_data(cfg, tokenizer, rank, log)
+    plan_args = dict(seed=cfg.seed, rank=rank, world_size=world_size, group_by_length=cfg.group_by_length)
+    micro_per_epoch = len(batch_plan(dataset.lengths, cfg.batch_size, epoch=0, **plan_args))
+    steps_per_epoch = micro_per_epoch // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ConfigError(f"--data {cfg.data}: {len(dataset)} pairs make less than one optimizer step of "
+                          f"{cfg.batch_size} x {cfg.grad_accum} x {world_size} pairs")
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps > 0:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    policy_model = load_causal_lm(cfg.model, trainable=True)
+    aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
+    policy = build_policy_engine(
+        policy_model, ds_config, warmup_cosine(total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    reference = build_reference_engine(load_causal_lm(cfg.ref_model_path, trainable=False), reference_ds_config(ds_config))
+
+    if rank == 0:
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+            json.dump({"run": cfg.to_dict(), "deepspeed": ds_config, "world_size": world_size,
+                       "total_steps": total_steps, "data": dataset.stats.summary()}, f, indent=2)
+    step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
+    log(f"minidpo: {len(dataset)} pairs, {world_size} rank(s), {total_steps} optimizer steps "
+        f"({steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
+        + (f", resumed at step {step}" if step else ""))
+
+    tracker = MetricTracker(cfg.output_dir, total_steps, rank, start_step=step)
+    dev = device()
+    started = time.perf_counter()
+    while step < total_steps:
+        epoch = step // steps_per_epoch
+        plan = batch_plan(dataset.lengths, cfg.batch_size, epoch=epoch, **plan_args)[:steps_per_epoch * cfg.grad_accum]
+        first_micro = (step - epoch * steps_per_epoch) * cfg.grad_accum  # resume mid-epoch: skip what was done
+        for micro, indices in enumerate(plan[first_micro:], start=first_micro):
+            batch = {k: v.to(dev) for k, v in collate_pairs([dataset[i] for i in indices], tokenizer.pad_token_id).items()}
+            with torch.no_grad():
+                ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
+            chosen, rejected, aux_loss = concatenated_logps(policy, batch, cfg.logps_reduction)
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                chosen, rejected, ref_chosen, ref_rejected,
+                beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+            loss = losses.mean()
+            if aux_loss is not None and aux_coef:
+                loss = loss + aux_coef * aux_loss
+            policy.backward(loss)
+            boundary = (micro + 1) % cfg.grad_accum == 0
+            lr = policy.get_lr()[0]
+            policy.step()  # DeepSpeed only updates the weights at the accumulation boundary
+            tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
+                                   tokens=int(batch["attention_mask"].sum()),
+                                   aux_loss=0.0 if aux_loss is None else aux_loss.item())
+            if not boundary:
+                continue
+            step += 1
+            tracker.add_optimizer_step(policy.get_global_grad_norm(), lr)
+            if step % cfg.log_interval == 0 or step == total_steps:
+                tracker.log(step)
+            if step == total_steps:
+                break
+            if cfg.save_interval and step % cfg.save_interval == 0:
+                checkpoint.save(policy, tokenizer, cfg.output_dir, step, {"step": step},
+                                keep=cfg.keep_checkpoints, export=cfg.export)
+
+    checkpoint.save(policy, tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints, export=False)
+    checkpoint.export_hf(policy, tokenizer, os.path.join(cfg.output_dir, "export"))
+    tracker.close()
+    summary = {"steps": step, "seconds": round(time.perf_counter() - started, 1), "pairs": len(dataset),
+               "export": os.path.join(cfg.output_dir, "export")}
+    if rank == 0:
+        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        log(f"minidpo: done, {step} steps in {summary['seconds']} s; Hugging Face export in {summary['export']}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cfg = parse_config(argv, description="DPO training on DeepSpeed (see README.md)")
+        train(cfg)
+    except (ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,169 @@
+"""Real DeepSpeed engines on CPU: ZeRO stages agree, accumulation is exact, resume is exact, exports
+reproduce the engine, and two ranks train like one rank with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from minidpo.config import RunConfig
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
+    """32 arithmetic preference pairs in the seed format."""
+    rng = random.Random(0)
+    path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
+    with open(path, "w") as f:
+        for _ in range(32):
+            a, b = rng.randint(1, 99), rng.randint(1, 99)
+            wrong = a + b + rng.randint(1, 9)
+            f.write(json.dumps({"prompt": f"What is {a} + {b}?", "chosen": f"{a} + {b} = {a + b}.",
+                                "rejected": f"{a} + {b} = {wrong}. " * rng.randint(1, 3)}) + "\n")
+    return str(path)
+
+
+def run(tmp_path, name, model, data, **over) -> list[dict]:
+    from minidpo.train import train
+
+    kw = dict(model=model, data=data, output_dir=str(tmp_path / name), deepspeed=f"{ROOT}/ds_configs/zero2.json",
+              learning_rate=1e-3, weight_decay=0.1, batch_size=2, max_steps=6, log_interval=1, save_interval=0,
+              max_length=64, max_prompt_length=32, beta=0.5)
+    kw.update(over)
+    train(RunConfig(**kw))
+    return read_metrics(kw["output_dir"])
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def losses(rows):
+    return [r["loss"] for r in rows]
+
+
+def test_zero_stages_give_the_same_loss_curve(tmp_path, tiny_model_dir, pairs_file):
+    curves = {}
+    for stage in (0, 1, 2, 3):
+        rows = run(tmp_path, f"z{stage}", tiny_model_dir, pairs_file, deepspeed=f"{ROOT}/ds_configs/zero{stage}.json")
+        curves[stage] = losses(rows)
+        assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference before any update
+        assert all(0.0 <= r["rewards/accuracies"] <= 1.0 for r in rows)
+        for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+                    "learning_rate", "grad_norm", "perf/tokens_per_s", "memory/peak_gb"):
+            assert all(math.isfinite(r[key]) for r in rows), key
+    assert curves[2][-1] < curves[2][0] - 0.01  # it learns
+    for stage in (0, 1, 3):
+        assert curves[stage] == pytest.approx(curves[2], abs=2e-3), f"ZeRO-{stage} differs from ZeRO-2"
+
+
+def test_accumulation_equals_one_big_batch(tmp_path, tiny_model_dir, pairs_file):
+    four = tmp_path / "four.jsonl"
+    four.write_text("".join(open(pairs_file).readlines()[:4]))
+    common = dict(dtype="fp32", max_steps=1, deepspeed=f"{ROOT}/ds_configs/zero1.json")
+    big = run(tmp_path, "big", tiny_model_dir, str(four), batch_size=4, grad_accum=1, **common)
+    small = run(tmp_path, "acc", tiny_model_dir, str(four), batch_size=1, grad_accum=4, **common)
+    assert small[0]["loss"] == pytest.approx(big[0]["loss"], abs=1e-6)
+    assert small[0]["grad_norm"] == pytest.approx(big[0]["grad_norm"], rel=1e-4)
+    from safetensors.torch import load_file
+
+    a = load_file(str(tmp_path / "big/export/model.safetensors"))
+    b = load_file(str(tmp_path / "acc/export/model.safetensors"))
+    base = load_file(os.path.join(tiny_model_dir, "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(a[name], base[name])  # an update happened
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_resume_continues_the_same_curve(tmp_path, tiny_model_dir, pairs_file):
+    full = run(tmp_path, "full", tiny_model_dir, pairs_file, save_interval=3, keep_checkpoints=3)
+    # a run that was stopped right after step 3: its folder holds only that checkpoint
+    stopped = tmp_path / "stopped"
+    shutil.copytree(tmp_path / "full/checkpoints/step_00000003", stopped / "checkpoints/step_00000003")
+    (stopped / "checkpoints/latest").write_text("step_00000003")
+    resumed = run(tmp_path, "stopped", tiny_model_dir, pairs_file, resume=True)
+    assert [r["step"] for r in resumed] == [4, 5, 6]
+    assert losses(resumed) == pytest.approx(losses(full)[3:], abs=1e-6)
+    assert [r["learning_rate"] for r in resumed] == pytest.approx([r["learning_rate"] for r in full[3:]])
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_export_reproduces_the_engine_logprobs(tmp_path, tiny_model_dir, pairs_file, stage):
+    from transformers import AutoModelForCausalLM
+
+    from minidpo.config import resolve_ds_config
+    from minidpo.data import collate_pairs, load_preference_data
+    from minidpo.engine import build_policy_engine, load_causal_lm, load_tokenizer, setup_distributed, warmup_cosine
+    from minidpo.checkpoint import export_hf
+    from minidpo.train import concatenated_logps
+
+    setup_distributed()
+    cfg = RunConfig(batch_size=4, learning_rate=1e-3)
+    ds = resolve_ds_config(f"{ROOT}/ds_configs/zero{stage}.json", cfg, 1, on_cpu=True)
+    engine = build_policy_engine(load_causal_lm(tiny_model_dir, trainable=True), ds, warmup_cosine(10, 0, 1.0))
+    tok = load_tokenizer(tiny_model_dir)
+    data = load_preference_data(pairs_file, tok, max_length=64, cache_dir=None, log=None)
+    batch = collate_pairs([data[i] for i in range(4)], tok.pad_token_id)
+    for _ in range(2):  # move the weights away from the initial ones
+        chosen, rejected, _ = concatenated_logps(engine, batch, "sum")
+        engine.backward(-(chosen - rejected).mean())
+        engine.step()
+    engine.eval()
+    with torch.no_grad():
+        engine_logps = torch.cat(concatenated_logps(engine, batch, "sum")[:2])
+    export_hf(engine, tok, str(tmp_path / "hf"))
+    exported = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.bfloat16)
+    with torch.no_grad():
+        export_logps = torch.cat(concatenated_logps(exported, batch, "sum")[:2])
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    with torch.no_grad():
+        initial_logps = torch.cat(concatenated_logps(initial, batch, "sum")[:2])
+    assert torch.allclose(export_logps, engine_logps, atol=1e-3), (export_logps, engine_logps)
+    assert not torch.allclose(initial_logps, engine_logps, atol=1e-1)
+
+
+def _launch(cmd, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    env.pop("RANK", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("launcher, stage", [("deepspeed", 2), ("torchrun", 3)])
+def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path, tiny_model_dir, pairs_file, launcher, stage):
+    args = ["--model", tiny_model_dir, "--data", pairs_file, "--deepspeed", f"ds_configs/zero{stage}.json",
+            "--dtype", "fp32", "--learning_rate", "1e-3", "--max_steps", "4", "--log_interval", "1",
+            "--save_interval", "2", "--max_length", "64", "--max_prompt_length", "32", "--beta", "0.5"]
+    bindir = os.path.dirname(sys.executable)
+    port = str(29600 + stage)
+    if launcher == "deepspeed":
+        cmd = [f"{bindir}/deepspeed", "--num_gpus", "2", "--master_port", port, "trainer/train_dpo.py"]
+    else:
+        cmd = [f"{bindir}/torchrun", "--nproc_per_node", "2", "--master_port", port, "trainer/train_dpo.py"]
+    _launch(cmd + args + ["--output_dir", str(tmp_path / "two"), "--batch_size", "2"], tmp_path)
+    one = run(tmp_path, "one", tiny_model_dir, pairs_file, deepspeed=f"{ROOT}/ds_configs/zero{stage}.json",
+              dtype="fp32", max_steps=4, batch_size=4)
+    two = read_metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2, 3, 4]
+    # fp32 sums in another order, amplified by Adam's normalisation: equal to ~1e-4
+    assert losses(two) == pytest.approx(losses(one), abs=1e-3)
+    # Adam hides a gradient scale error from the losses; the norm shows it (e.g. ranks summed, not averaged)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-3)
+    assert [r["rewards/accuracies"] for r in two] == pytest.approx([r["rewards/accuracies"] for r in one])
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "two/export"))
+    assert os.path.isdir(tmp_path / "two/checkpoints/step_00000002/hf")
