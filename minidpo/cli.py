@@ -81,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # DataError and bad settings: a message for people, not a traceback
         print(f"minidpo: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `minidpo data inspect ... | head`
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
