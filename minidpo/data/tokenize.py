@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .formats import DataError, PreferencePair, canonical_format, iter_pairs
@@ -60,6 +60,8 @@ class ChatEncoder:
     """Renders prompts and responses with a tokenizer's chat template (or the plain fallback) and encodes them."""
 
     def __init__(self, tokenizer):
+        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+            raise ValueError(f"expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
         self.tok = tokenizer
         self.template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_id = tokenizer.eos_token_id
@@ -440,9 +442,3 @@ def _check_bad_fraction(stats: DataStats, max_bad_fraction: float | None, path) 
             f"max_bad_fraction={max_bad_fraction:g} ({stats.summary()}). First problems: {first}. Check "
             "data_format, raise max_length / max_prompt_length, or raise max_bad_fraction if this is expected.",
             "too many bad records")
-
-
-def iter_token_lengths(ds: Iterable[TokenizedPair]):
-    """(prompt, chosen, rejected) lengths per pair."""
-    for p in ds:
-        yield len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
