@@ -8,6 +8,8 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -61,18 +63,52 @@ def load_data(cfg: RunConfig, tokenizer, rank: int, log):
     return dataset if rank == 0 else load()
 
 
-def train(cfg: RunConfig) -> dict:
+@dataclass
+class Run:
+    """What both training loops (DPO here, SFT in minidpo.sft) set up the same way."""
+
+    cfg: RunConfig
+    rank: int
+    world_size: int
+    ds_config: dict
+    tokenizer: object
+    dataset: object
+    steps_per_epoch: int
+    total_steps: int
+    log: Callable
+
+    def micro_batches(self, start_step: int):
+        """(micro-step index in epoch, padded batch on the device) from `start_step` on, epoch after epoch.
+        The order is a pure function of (seed, epoch, rank), so a resumed run skips exactly what was done."""
+        cfg, dev = self.cfg, device()
+        plan_args = dict(seed=cfg.seed, rank=self.rank, world_size=self.world_size, group_by_length=cfg.group_by_length)
+        step = start_step
+        while step < self.total_steps:
+            epoch = step // self.steps_per_epoch
+            plan = batch_plan(self.dataset.lengths, cfg.batch_size, epoch=epoch, **plan_args)
+            plan = plan[:self.steps_per_epoch * cfg.grad_accum]
+            first = (step - epoch * self.steps_per_epoch) * cfg.grad_accum
+            for micro, indices in enumerate(plan[first:], start=first):
+                batch = collate_pairs([self.dataset[i] for i in indices], self.tokenizer.pad_token_id)
+                yield micro, {k: v.to(dev) for k, v in batch.items()}
+            step = (epoch + 1) * self.steps_per_epoch
+
+
+def prepare_run(cfg: RunConfig, name: str = "minidpo") -> Run:
+    """Validate, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
     validate(cfg)
     rank, world_size = setup_distributed()
     ds_config = resolve_ds_config(cfg.deepspeed, cfg, world_size, on_cpu())
     log = print if rank == 0 else (lambda *a, **k: None)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-
     tokenizer = load_tokenizer(cfg.model)
     dataset = load_data(cfg, tokenizer, rank, log)
-    plan_args = dict(seed=cfg.seed, rank=rank, world_size=world_size, group_by_length=cfg.group_by_length)
-    micro_per_epoch = len(batch_plan(dataset.lengths, cfg.batch_size, epoch=0, **plan_args))
+    try:
+        micro_per_epoch = len(batch_plan(dataset.lengths, cfg.batch_size, seed=cfg.seed, epoch=0, rank=rank,
+                                         world_size=world_size, group_by_length=cfg.group_by_length))
+    except ValueError as e:  # fewer pairs than one step
+        raise ConfigError(f"--data {cfg.data}: {e}") from e
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ConfigError(f"--data {cfg.data}: {len(dataset)} pairs make less than one optimizer step of "
@@ -80,78 +116,83 @@ def train(cfg: RunConfig) -> dict:
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
-
-    policy_model = load_causal_lm(cfg.model, trainable=True)
-    aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
-    policy = build_policy_engine(
-        policy_model, ds_config, warmup_cosine(total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    reference = build_reference_engine(load_causal_lm(cfg.ref_model_path, trainable=False), reference_ds_config(ds_config))
-
     if rank == 0:
         with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
             json.dump({"run": cfg.to_dict(), "deepspeed": ds_config, "world_size": world_size,
                        "total_steps": total_steps, "data": dataset.stats.summary()}, f, indent=2)
+    return Run(cfg, rank, world_size, ds_config, tokenizer, dataset, steps_per_epoch, total_steps, log)
+
+
+def train(cfg: RunConfig) -> dict:
+    run = prepare_run(cfg)
+    policy_model = load_causal_lm(cfg.model, trainable=True)
+    aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
+    policy = build_policy_engine(
+        policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    reference = build_reference_engine(
+        load_causal_lm(cfg.ref_model_path, trainable=False), reference_ds_config(run.ds_config))
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
-    log(f"minidpo: {len(dataset)} pairs, {world_size} rank(s), {total_steps} optimizer steps "
-        f"({steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
-        + (f", resumed at step {step}" if step else ""))
+    run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
+            f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
+            + (f", resumed at step {step}" if step else ""))
 
-    tracker = MetricTracker(cfg.output_dir, total_steps, rank, start_step=step)
-    dev = device()
+    tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
     started = time.perf_counter()
-    while step < total_steps:
-        epoch = step // steps_per_epoch
-        plan = batch_plan(dataset.lengths, cfg.batch_size, epoch=epoch, **plan_args)[:steps_per_epoch * cfg.grad_accum]
-        first_micro = (step - epoch * steps_per_epoch) * cfg.grad_accum  # resume mid-epoch: skip what was done
-        for micro, indices in enumerate(plan[first_micro:], start=first_micro):
-            batch = {k: v.to(dev) for k, v in collate_pairs([dataset[i] for i in indices], tokenizer.pad_token_id).items()}
-            with torch.no_grad():
-                ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
-            chosen, rejected, aux_loss = concatenated_logps(policy, batch, cfg.logps_reduction)
-            losses, chosen_rewards, rejected_rewards = preference_loss(
-                chosen, rejected, ref_chosen, ref_rejected,
-                beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
-            loss = losses.mean()
-            if aux_loss is not None and aux_coef:
-                loss = loss + aux_coef * aux_loss
-            policy.backward(loss)
-            boundary = (micro + 1) % cfg.grad_accum == 0
-            lr = policy.get_lr()[0]
-            policy.step()  # DeepSpeed only updates the weights at the accumulation boundary
-            tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
-                                   tokens=int(batch["attention_mask"].sum()),
-                                   aux_loss=0.0 if aux_loss is None else aux_loss.item())
-            if not boundary:
-                continue
-            step += 1
-            tracker.add_optimizer_step(policy.get_global_grad_norm(), lr)
-            if step % cfg.log_interval == 0 or step == total_steps:
-                tracker.log(step)
-            if step == total_steps:
-                break
-            if cfg.save_interval and step % cfg.save_interval == 0:
-                checkpoint.save(policy, tokenizer, cfg.output_dir, step, {"step": step},
-                                keep=cfg.keep_checkpoints, export=cfg.export)
+    for micro, batch in run.micro_batches(step):
+        with torch.no_grad():
+            ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
+        chosen, rejected, aux_loss = concatenated_logps(policy, batch, cfg.logps_reduction)
+        losses, chosen_rewards, rejected_rewards = preference_loss(
+            chosen, rejected, ref_chosen, ref_rejected,
+            beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+        loss = losses.mean()
+        if aux_loss is not None and aux_coef:
+            loss = loss + aux_coef * aux_loss
+        policy.backward(loss)
+        lr = policy.get_lr()[0]
+        policy.step()  # DeepSpeed only updates the weights at the accumulation boundary
+        tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
+                               tokens=int(batch["attention_mask"].sum()),
+                               aux_loss=0.0 if aux_loss is None else aux_loss.item())
+        if (micro + 1) % cfg.grad_accum:
+            continue
+        step += 1
+        tracker.add_optimizer_step(policy.get_global_grad_norm(), lr)
+        if step % cfg.log_interval == 0 or step == run.total_steps:
+            tracker.log(step)
+        if step == run.total_steps:
+            break
+        if cfg.save_interval and step % cfg.save_interval == 0:
+            checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step},
+                            keep=cfg.keep_checkpoints, export=cfg.export)
 
-    checkpoint.save(policy, tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints, export=False)
-    checkpoint.export_hf(policy, tokenizer, os.path.join(cfg.output_dir, "export"))
+    checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints, export=False)
+    checkpoint.export_hf(policy, run.tokenizer, os.path.join(cfg.output_dir, "export"))
     tracker.close()
-    summary = {"steps": step, "seconds": round(time.perf_counter() - started, 1), "pairs": len(dataset),
-               "export": os.path.join(cfg.output_dir, "export")}
-    if rank == 0:
-        with open(os.path.join(cfg.output_dir, "summary.json"), "w") as f:
+    return write_summary(run, step, time.perf_counter() - started)
+
+
+def write_summary(run: Run, steps: int, seconds: float) -> dict:
+    summary = {"steps": steps, "seconds": round(seconds, 1), "pairs": len(run.dataset),
+               "world_size": run.world_size, "export": os.path.join(run.cfg.output_dir, "export")}
+    if run.rank == 0:
+        with open(os.path.join(run.cfg.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
-        log(f"minidpo: done, {step} steps in {summary['seconds']} s; Hugging Face export in {summary['export']}")
+        run.log(f"done: {steps} steps in {summary['seconds']} s; Hugging Face export in {summary['export']}")
     return summary
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_cli(entry, config_cls, description: str, argv: list[str] | None = None) -> None:
+    """Parse flags, run, and turn the errors a user can fix into one line on stderr (exit code 2)."""
     try:
-        cfg = parse_config(argv, description="DPO training on DeepSpeed (see README.md)")
-        train(cfg)
+        entry(parse_config(argv, config_cls, description))
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_cli(train, RunConfig, "DPO training on DeepSpeed (see README.md)", argv)

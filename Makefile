@@ -1,0 +1,77 @@
+# minidpo — `make train` and `make test` are all a newcomer needs; see README.md.
+SHELL := /bin/bash
+PYTHON     ?= python3
+VENV       ?= .venv
+# CPU wheel by default; GPU users: make TORCH_SPEC='torch==2.13.0' PIP_ARGS='--index-url ...' or their own build
+TORCH_SPEC ?= torch==2.13.0
+PIP_ARGS   ?=
+NPROC      ?= 1
+DS_CONFIG  ?= ds_configs/zero2.json
+DATA_DIR   ?= data/demo
+PRESET     ?= demo
+INIT       ?= runs/demo-init
+SFT        ?= runs/sft/export
+MODEL      ?= $(SFT)
+DATA       ?= $(DATA_DIR)/train.jsonl
+OUT        ?= runs/dpo
+DPO        ?= $(OUT)/export
+# the demo's hyper-parameters only apply to the demo model; your own model starts from the defaults
+RUN_CONFIG ?= $(if $(filter $(SFT),$(MODEL)),configs/demo_dpo.yaml)
+ARGS       ?=
+PORT       ?= 7860
+
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+# one BLAS thread pool per rank: oversubscribed OpenMP threads spin and slow a CPU run down several-fold
+export OMP_NUM_THREADS ?= $(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 )))
+
+.PHONY: help venv data sft train eval app tensorboard test clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)" -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed  ## create .venv and install minidpo into it
+
+$(DATA_DIR)/train.jsonl: | $(BIN)/.installed
+	$(BIN)/python -m minidpo.demo.generate --out $(DATA_DIR)
+
+data: $(DATA_DIR)/train.jsonl  ## generate the bundled bilingual preference data
+
+$(INIT)/config.json: $(DATA_DIR)/train.jsonl
+	$(BIN)/python -m minidpo.demo.presets --data $(DATA_DIR) --out $(INIT) --preset $(PRESET)
+
+runs/sft/export/config.json: $(INIT)/config.json
+	$(BIN)/deepspeed --num_gpus $(NPROC) trainer/train_sft.py --model $(INIT) --data $(DATA_DIR)/train.jsonl \
+		--output_dir runs/sft --deepspeed $(DS_CONFIG) --config configs/demo_sft.yaml
+
+sft: runs/sft/export/config.json  ## train the demo SFT model (tokenizer + tiny Llama, SFT on both answers)
+
+# The demo SFT model is built first when the default model is used and missing.
+train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.json)  ## DPO training (MODEL=, DATA=, OUT=, NPROC=, DS_CONFIG=, ARGS=)
+	$(BIN)/deepspeed --num_gpus $(NPROC) trainer/train_dpo.py $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) \
+		--model $(MODEL) --data $(DATA) --output_dir $(OUT) --deepspeed $(DS_CONFIG) $(ARGS)
+
+eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, OUT=)
+	$(BIN)/python -m minidpo.evaluate --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl --out $(OUT) $(ARGS)
+
+app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=)
+	$(BIN)/python -m app.compare --sft $(SFT) --dpo $(DPO) --port $(PORT) $(ARGS)
+
+tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1:6006
+	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 --port 6006
+
+test: $(BIN)/.installed  ## the whole test suite (real engines, real browser)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+clean:  ## remove runs, generated data and caches (keeps .venv)
+	rm -rf runs $(DATA_DIR) .cache .pytest_cache
