@@ -286,14 +286,14 @@ def evaluate(
     out_dir,
     *,
     beta: float = 0.1,
-    n_generate: int | None = None,
-    max_new_tokens: int = 128,
+    n_generate: int | None = 160,
+    max_new_tokens: int = 160,
     seed: int = 0,
     temperature: float = 0.7,
     top_p: float = 0.95,
     top_k: int = 0,
     repetition_penalty: float = 1.0,
-    n_kl: int | None = 128,
+    n_kl: int | None = 64,
     kl_max_new_tokens: int | None = None,
     n_examples: int = 2,
     batch_size: int = 32,
@@ -308,8 +308,8 @@ def evaluate(
         heldout_path: JSONL of {prompt, chosen, rejected[, axis, lang, meta]} records.
         out_dir: where eval.json, eval.md and the TensorBoard events go (created if needed).
         beta: the beta the DPO model was trained with (scales the implicit rewards).
-        n_generate: held-out prompts to sample answers for (stratified over axis x language;
-            None = every record, 0 = skip the judged generations).
+        n_generate: held-out records to sample answers for (stratified over axis x language, so the
+            default 160 is 20 per axis and language on the demo data; None = every record, 0 = skip).
         max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed: sampling settings for
             the judged answers (`minidpo.generation.generate`); both models use the same ones.
         n_kl: prompts for the KL estimate (0 = skip); kl_max_new_tokens defaults to max_new_tokens.
@@ -318,7 +318,7 @@ def evaluate(
         The dict written to eval.json: "settings", "preference", "preference_by_axis", "judge",
         "kl", "examples", "seconds".
     """
-    from minidpo.data import encode_prompt_response
+    from minidpo.data import ChatEncoder
     from minidpo.generation import decode_answer, generate_ids, prompt_ids_for
 
     if not beta > 0:
@@ -336,11 +336,12 @@ def evaluate(
                     kl_max_new_tokens=kl_max_new_tokens or max_new_tokens, logprob_reduction="sum")
 
     # 1. preference accuracy on every held-out pair
+    encoder = ChatEncoder(tok)  # the trainer's tokenisation (encode_prompt_response), built once
     chosen_rows, rejected_rows = [], []
     for r in records:
         msgs = prompt_messages(r)
-        p_ids, c_ids = encode_prompt_response(tok, msgs, r["chosen"])
-        p2_ids, r_ids = encode_prompt_response(tok, msgs, r["rejected"])
+        p_ids, c_ids = encoder.encode_prompt_response(msgs, r["chosen"])
+        p2_ids, r_ids = encoder.encode_prompt_response(msgs, r["rejected"])
         chosen_rows.append((p_ids, c_ids))
         rejected_rows.append((p2_ids, r_ids))
     rows = chosen_rows + rejected_rows
@@ -358,7 +359,7 @@ def evaluate(
     judge, examples = None, []
     chosen_for_gen = stratified(records, n_generate) if n_generate != 0 else []
     if chosen_for_gen:
-        prompts = [prompt_ids_for(tok, prompt_messages(r)) for r in chosen_for_gen]
+        prompts = [prompt_ids_for(tok, prompt_messages(r), encoder) for r in chosen_for_gen]
         gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                    repetition_penalty=repetition_penalty, seed=seed, batch_size=batch_size)
         sft_ans = [decode_answer(tok, x) for x in generate_ids(sft, tok, prompts, **gen)]
@@ -381,7 +382,7 @@ def evaluate(
     kl_records = stratified(records, n_kl) if n_kl != 0 else []
     if kl_records:
         kl_len = kl_max_new_tokens or max_new_tokens
-        prompts = [prompt_ids_for(tok, prompt_messages(r)) for r in kl_records]
+        prompts = [prompt_ids_for(tok, prompt_messages(r), encoder) for r in kl_records]
         samples = generate_ids(dpo, tok, prompts, max_new_tokens=kl_len, temperature=1.0, top_p=1.0, top_k=0,
                                repetition_penalty=1.0, seed=seed + 1, batch_size=batch_size)
         kl_rows = [(p, y) for p, y in zip(prompts, samples)]
@@ -431,19 +432,21 @@ def main(argv=None) -> dict:
     ap.add_argument("--data", required=True, help="held-out JSONL, e.g. data/demo/heldout.jsonl")
     ap.add_argument("--out", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=0.1, help="the beta the DPO model was trained with")
-    ap.add_argument("--n-generate", type=int, default=None, help="prompts to sample and judge (default: all; 0: skip)")
-    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--n-generate", type=int, default=160,
+                    help="held-out records to answer and judge, stratified over axis x language (-1: all; 0: skip)")
+    ap.add_argument("--max-new-tokens", type=int, default=160)
     ap.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
     ap.add_argument("--top-p", type=float, default=0.95)
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--repetition-penalty", type=float, default=1.0)
-    ap.add_argument("--n-kl", type=int, default=128, help="prompts for the KL estimate (0: skip)")
+    ap.add_argument("--n-kl", type=int, default=64, help="prompts for the KL estimate (0: skip)")
     ap.add_argument("--n-examples", type=int, default=2, help="side-by-side answers per axis and language")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
-    result = evaluate(args.sft, args.dpo, args.data, args.out, beta=args.beta, n_generate=args.n_generate,
+    n_generate = None if args.n_generate < 0 else args.n_generate
+    result = evaluate(args.sft, args.dpo, args.data, args.out, beta=args.beta, n_generate=n_generate,
                       max_new_tokens=args.max_new_tokens, seed=args.seed, temperature=args.temperature,
                       top_p=args.top_p, top_k=args.top_k, repetition_penalty=args.repetition_penalty,
                       n_kl=args.n_kl, n_examples=args.n_examples, batch_size=args.batch_size, device=args.device)

@@ -27,11 +27,14 @@ def _cache_arg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def prompt_ids_for(tokenizer, messages: list[dict]) -> list[int]:
-    """Token ids of a chat prompt, ending where the assistant's answer starts (as in training)."""
-    from minidpo.data import encode_prompt_response
+def prompt_ids_for(tokenizer, messages: list[dict], encoder=None) -> list[int]:
+    """Token ids of a chat prompt, ending where the assistant's answer starts (as in training).
 
-    return [int(t) for t in encode_prompt_response(tokenizer, messages, "")[0]]
+    `encoder`: a `minidpo.data.ChatEncoder(tokenizer)` to reuse over many prompts (optional)."""
+    from minidpo.data import ChatEncoder
+
+    encoder = encoder or ChatEncoder(tokenizer)
+    return [int(t) for t in encoder.encode_prompt_response(messages, "")[0]]
 
 
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
@@ -148,7 +151,10 @@ def generate(
 
     Deterministic for a given (model, prompts, settings, seed, batch_size); greedy when temperature == 0.
     """
-    prompts_ids = [prompt_ids_for(tokenizer, m) for m in prompts_messages]
+    from minidpo.data import ChatEncoder
+
+    encoder = ChatEncoder(tokenizer)
+    prompts_ids = [prompt_ids_for(tokenizer, m, encoder) for m in prompts_messages]
     ids = generate_ids(model, tokenizer, prompts_ids, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty, seed=seed,
                        batch_size=batch_size)
