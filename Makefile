@@ -75,3 +75,6 @@ test: $(BIN)/.installed  ## the whole test suite (real engines, real browser)
 
 clean:  ## remove runs, generated data and caches (keeps .venv)
 	rm -rf runs $(DATA_DIR) .cache .pytest_cache
+
+# recipes for other models (e.g. mk/smollm2.mk)
+-include mk/*.mk

@@ -329,6 +329,9 @@ def _warn(message: str) -> None:
     gr.Warning(message)
 
 
+STOPPED = "**Stopped:** partial answers kept, no rewards computed."
+
+
 def _fmt_reward(r: float | None) -> str:
     return "n/a" if r is None else f"{r:+.3f}"
 
@@ -344,6 +347,20 @@ class Comparer:
         limits = [m for m in (sft.max_positions, dpo.max_positions) if m]
         self.max_positions = min(limits) if limits else None
         self._vote_lock = threading.Lock()
+        self._stop_flags: dict[str | None, threading.Event] = {}
+
+    # -- stopping -------------------------------------------------------------------------------
+    # Stop is cooperative: the running generator sees the flag, keeps the partial answers and ends
+    # with the "Stopped" status itself. (Cancelling the event from the browser races with the
+    # generator's last update, which could overwrite the "Stopped" message.)
+
+    def request_stop(self, session: str | None = None) -> None:
+        """Ask the generation of this browser session (None: a plain Python caller) to stop."""
+        self._stop_flags.setdefault(session, threading.Event()).set()
+
+    def _fresh_stop_flag(self, session: str | None) -> threading.Event:
+        flag = self._stop_flags[session] = threading.Event()
+        return flag
 
     @classmethod
     def from_dirs(cls, sft_dir, dpo_dir, *, device="auto", dtype="auto", **kwargs) -> Comparer:
@@ -409,8 +426,10 @@ class Comparer:
 
     # -- side by side ---------------------------------------------------------------------------
 
-    def compare(self, prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed):
+    def compare(self, prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed,
+                session: str | None = None):
         """Stream both answers. Yields (sft_text, dpo_text, sft_stats, dpo_stats, status) tuples."""
+        stop = self._fresh_stop_flag(session)
         messages, settings, ids, problem = self._prepare(
             prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed
         )
@@ -421,6 +440,9 @@ class Comparer:
         sft = dpo = None
         try:
             for sft, dpo in self._run_streams(messages, settings, ids):
+                if stop.is_set():
+                    yield sft.text(), dpo.text(), self._stats(sft), self._stats(dpo), STOPPED
+                    return
                 status = f"Generating… SFT {len(sft.tokens)} tokens, DPO {len(dpo.tokens)} tokens"
                 yield sft.text(), dpo.text(), self._stats(sft), self._stats(dpo), status
             yield sft.text(), dpo.text(), self._stats(sft), self._stats(dpo), "Scoring both answers…"
@@ -452,13 +474,15 @@ class Comparer:
     # -- blind vote -----------------------------------------------------------------------------
 
     def blind(
-        self, prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, order_seed=None
+        self, prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed, order_seed=None,
+        session: str | None = None,
     ):
         """Stream both answers as A and B in a random order (drawn from `order_seed`, fresh if None).
 
         Yields (a_text, b_text, status, comparison) where `comparison` is None until both answers
         are finished, then a dict that `vote` turns into a JSONL line.
         """
+        stop = self._fresh_stop_flag(session)
         messages, settings, ids, problem = self._prepare(
             prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed
         )
@@ -473,6 +497,9 @@ class Comparer:
         try:
             for sft, dpo in self._run_streams(messages, settings, ids):
                 texts = {"SFT": sft.text(), "DPO": dpo.text()}
+                if stop.is_set():
+                    yield texts[a_role], texts[b_role], STOPPED, None
+                    return
                 n = len(sft.tokens) + len(dpo.tokens)
                 yield texts[a_role], texts[b_role], f"Generating… {n} tokens so far", None
             texts = {"SFT": sft.text(), "DPO": dpo.text()}
@@ -639,28 +666,37 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = 256):
                 vote_status = gr.Markdown(elem_id="vote-status")
                 comparison = gr.State(None)
 
-        compare_event = compare_btn.click(
-            comparer.compare, inputs, [sft_out, dpo_out, sft_stats, dpo_stats, status],
-            concurrency_id="generate", concurrency_limit=1, show_progress="hidden",
-        )
-        submit_event = prompt.submit(
-            comparer.compare, inputs, [sft_out, dpo_out, sft_stats, dpo_stats, status],
-            concurrency_id="generate", concurrency_limit=1, show_progress="hidden",
-        )
+        # Gradio passes the browser session to a parameter annotated gr.Request (a class, not the string
+        # that `from __future__ import annotations` leaves); Stop uses it to reach that session only.
+        def compare_in_session(prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                               seed, request):
+            yield from comparer.compare(prompt, system, max_new_tokens, temperature, top_p, top_k,
+                                        repetition_penalty, seed, session=request.session_hash)
 
-        def stopped():
+        def blind_in_session(prompt, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty,
+                             seed, request):
+            yield from comparer.blind(prompt, system, max_new_tokens, temperature, top_p, top_k,
+                                      repetition_penalty, seed, session=request.session_hash)
+
+        def stop_session(request):
+            comparer.request_stop(request.session_hash)
             gr.Warning("Generation stopped; the partial answers stay, no rewards were computed.")
-            return "**Stopped:** partial answers kept, no rewards computed."
 
-        stop_btn.click(stopped, None, status, cancels=[compare_event, submit_event])
+        for handler in (compare_in_session, blind_in_session, stop_session):
+            handler.__annotations__ = {"request": gr.Request}
 
-        blind_event = blind_btn.click(
+        for trigger in (compare_btn.click, prompt.submit):
+            trigger(compare_in_session, inputs, [sft_out, dpo_out, sft_stats, dpo_stats, status],
+                    concurrency_id="generate", concurrency_limit=1, show_progress="hidden")
+        stop_btn.click(stop_session, None, None, queue=False)
+
+        blind_btn.click(
             lambda *args: (None, ""), None, [comparison, vote_status], queue=False
         ).then(
-            comparer.blind, inputs, [a_out, b_out, blind_status, comparison],
+            blind_in_session, inputs, [a_out, b_out, blind_status, comparison],
             concurrency_id="generate", concurrency_limit=1, show_progress="hidden",
         )
-        blind_stop.click(stopped, None, blind_status, cancels=[blind_event])
+        blind_stop.click(stop_session, None, None, queue=False)
         vote_a.click(lambda c: comparer.vote(c, "A"), comparison, [vote_status, comparison])
         vote_b.click(lambda c: comparer.vote(c, "B"), comparison, [vote_status, comparison])
         vote_tie.click(lambda c: comparer.vote(c, "skip"), comparison, [vote_status, comparison])

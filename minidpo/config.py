@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     # what to train, on what
-    model: str = field(default="runs/sft/export", metadata={"help": "policy: a local Hugging Face causal-LM folder"})
+    model: str = field(default="runs/sft/export", metadata={"help": "policy: a local Hugging Face causal-LM folder or a .gguf file"})
     ref_model: str | None = field(default=None, metadata={"help": "reference model folder (default: same as --model)"})
     data: str = field(default="data/demo/train.jsonl", metadata={"help": "preference data: JSON/JSONL file or folder"})
     data_format: str = field(default="auto", metadata={"help": "auto, or force a format (see docs)"})
@@ -151,6 +151,10 @@ def validate(cfg: RunConfig) -> None:
     for name in ("model", "ref_model"):
         path = getattr(cfg, name)
         if path is None:
+            continue
+        if path.endswith(".gguf"):  # converted to a Hugging Face folder once, by minidpo.gguf
+            if not os.path.isfile(path):
+                raise ConfigError(f"--{name} {path}: no such GGUF file")
             continue
         if not os.path.isdir(path):
             hint = " (run `make sft` to build the demo SFT model)" if path == RunConfig.model else ""

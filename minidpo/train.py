@@ -94,10 +94,24 @@ class Run:
             step = (epoch + 1) * self.steps_per_epoch
 
 
+def convert_gguf_models(cfg: RunConfig, rank: int) -> None:
+    """Point --model / --ref_model at Hugging Face folders; a .gguf file is converted once (rank 0 first)."""
+    if not any(p and p.endswith(".gguf") for p in (cfg.model, cfg.ref_model)):
+        return
+    from minidpo.gguf import ensure_hf_folder
+
+    for turn in (0, 1):  # rank 0 converts and caches, then the others find the cache
+        if (rank == 0) == (turn == 0):
+            cfg.model = ensure_hf_folder(cfg.model)
+            cfg.ref_model = cfg.ref_model and ensure_hf_folder(cfg.ref_model)
+        dist.barrier()
+
+
 def prepare_run(cfg: RunConfig, name: str = "minidpo") -> Run:
     """Validate, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
     validate(cfg)
     rank, world_size = setup_distributed()
+    convert_gguf_models(cfg, rank)
     ds_config = resolve_ds_config(cfg.deepspeed, cfg, world_size, on_cpu())
     log = print if rank == 0 else (lambda *a, **k: None)
     random.seed(cfg.seed)

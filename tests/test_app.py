@@ -155,7 +155,24 @@ def test_stopping_midway_is_quiet(comparer):
     gen = comparer.compare(*args("Explain photosynthesis", max_new_tokens=50))
     next(gen)
     next(gen)
-    gen.close()  # what Gradio does when the user presses Stop or leaves the page
+    gen.close()  # what Gradio does when the user leaves the page
+
+
+def test_stop_ends_the_session_generation_with_partial_answers(comparer):
+    gen = comparer.compare(*args("Explain photosynthesis", max_new_tokens=50), session="s1")
+    first = next(gen)
+    comparer.request_stop("other-session")  # another browser's Stop does not touch this one
+    second = next(gen)
+    assert second[-1].startswith("Generating")
+    comparer.request_stop("s1")
+    rest = list(gen)
+    assert len(rest) == 1 and rest[0][-1].startswith("**Stopped:**")
+    assert len(rest[0][0]) >= len(first[0]) and "implicit reward" not in rest[0][2]
+    blind = comparer.blind(*args("Explain photosynthesis", max_new_tokens=50), session="s1")
+    next(blind)
+    comparer.request_stop("s1")
+    last = list(blind)[-1]
+    assert last[2].startswith("**Stopped:**") and last[3] is None  # nothing to vote on
 
 
 @pytest.mark.parametrize(
