@@ -27,6 +27,8 @@ export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 # one BLAS thread pool per rank: oversubscribed OpenMP threads spin and slow a CPU run down several-fold
+# passive waiting: idle OpenMP threads sleep instead of spinning, so a busy machine does not slow a run ~3x
+export OMP_WAIT_POLICY ?= PASSIVE
 export OMP_NUM_THREADS ?= $(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 )))
 
 .PHONY: help venv data sft train eval app tensorboard test clean
