@@ -65,6 +65,14 @@ def test_zero_stages_give_the_same_loss_curve(tmp_path, tiny_model_dir, pairs_fi
                     "learning_rate", "grad_norm", "perf/tokens_per_s", "memory/peak_gb"):
             assert all(math.isfinite(r[key]) for r in rows), key
     assert curves[2][-1] < curves[2][0] - 0.01  # it learns
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "z2" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
+            "logps/rejected", "learning_rate", "grad_norm", "perf/tokens_per_s", "memory/peak_gb"} <= tags
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx(curves[2])
     for stage in (0, 1, 3):
         assert curves[stage] == pytest.approx(curves[2], abs=2e-3), f"ZeRO-{stage} differs from ZeRO-2"
 
@@ -167,3 +175,26 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path, tiny
 
     AutoModelForCausalLM.from_pretrained(str(tmp_path / "two/export"))
     assert os.path.isdir(tmp_path / "two/checkpoints/step_00000002/hf")
+
+
+def test_moe_router_loss_is_added(tmp_path, pairs_file):
+    """A mixture-of-experts model returns its router aux loss; it is weighted in and logged."""
+    from transformers import AutoTokenizer, MixtralConfig, MixtralForCausalLM
+
+    from conftest import build_tiny_model_dir
+
+    dense = build_tiny_model_dir(tmp_path / "dense")
+    tok = AutoTokenizer.from_pretrained(dense)
+    cfg = MixtralConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                        router_aux_loss_coef=0.02, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    MixtralForCausalLM(cfg).save_pretrained(tmp_path / "moe")
+    tok.save_pretrained(tmp_path / "moe")
+    rows = run(tmp_path, "moe_run", str(tmp_path / "moe"), pairs_file, max_steps=2, dtype="fp32")
+    assert all(r["aux_loss"] > 0 for r in rows)  # top-2 of 4 experts: the balance loss is about 2
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # the DPO loss itself excludes it
+    # it reaches the gradients: a heavy weight moves the gradient norm, weight 0 gives another one
+    heavy = run(tmp_path, "moe_heavy", str(tmp_path / "moe"), pairs_file, max_steps=1, dtype="fp32", aux_loss_coef=50.0)
+    off = run(tmp_path, "moe_off", str(tmp_path / "moe"), pairs_file, max_steps=1, dtype="fp32", aux_loss_coef=0.0)
+    assert abs(heavy[0]["grad_norm"] - off[0]["grad_norm"]) > 0.01 * off[0]["grad_norm"]
