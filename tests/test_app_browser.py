@@ -76,7 +76,7 @@ def page(served):
         browser.close()
 
 
-def test_compare_in_the_browser(page, tmp_path):
+def test_compare_in_the_browser(page, tmp_path, monkeypatch):
     from playwright.sync_api import expect
 
     page.get_by_text("Explain photosynthesis", exact=True).first.click()  # an example fills the prompt
@@ -92,7 +92,19 @@ def test_compare_in_the_browser(page, tmp_path):
     expect(page.locator("#status")).to_contain_text("prefers the")
     page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
 
-    # Stop a long generation: the page says so, the partial answers stay
+    # Stop a long generation: the page says so, the partial answers stay. A tiny model writes 400
+    # tokens faster than a click lands, so pace it to ~10 ms a token for this part.
+    import time as _time
+
+    from app.compare import Stream
+
+    original_step = Stream.step
+
+    def paced_step(self):
+        _time.sleep(0.01)
+        return original_step(self)
+
+    monkeypatch.setattr(Stream, "step", paced_step)
     tokens = page.locator("#max-new-tokens input[type=number]")
     tokens.fill("480")  # 34 prompt tokens + 480 > 512 positions: refused with a message
     tokens.press("Enter")
