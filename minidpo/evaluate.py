@@ -80,10 +80,19 @@ def load_model(path, device: str = "cpu", dtype=torch.float32):
     return model.to(device).eval()
 
 
+def check_model_dir(path, what: str) -> None:
+    """A readable error for a model folder that is not there (instead of a Hub lookup failure)."""
+    if not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{what} model folder {str(path)!r} has no config.json: pass a Hugging Face folder "
+                         "(model + tokenizer), e.g. the `export` folder of a training run")
+
+
 def load_tokenizers(sft_dir, dpo_dir):
     """The DPO model's tokenizer, after checking the SFT model's has the same vocabulary."""
     from transformers import AutoTokenizer
 
+    check_model_dir(sft_dir, "SFT")
+    check_model_dir(dpo_dir, "DPO")
     tok = AutoTokenizer.from_pretrained(str(dpo_dir))
     sft_tok = AutoTokenizer.from_pretrained(str(sft_dir))
     if sft_tok.get_vocab() != tok.get_vocab():

@@ -97,6 +97,8 @@ def test_clear_errors(tiny_model_dir, heldout, tmp_path):
     other_vocab = build_tiny_model_dir(tmp_path / "v", vocab_size=300)
     with pytest.raises(ValueError, match="tokenizers .* differ"):
         evaluate(tiny_model_dir, str(other_vocab), heldout, tmp_path / "x", n_generate=0, n_kl=0)
+    with pytest.raises(ValueError, match="DPO model folder .* has no config.json"):
+        evaluate(tiny_model_dir, str(tmp_path / "missing"), heldout, tmp_path / "x")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: missing field 'rejected'"):
