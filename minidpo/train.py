@@ -81,17 +81,22 @@ class Run:
         """(micro-step index in epoch, padded batch on the device) from `start_step` on, epoch after epoch.
         The order is a pure function of (seed, epoch, rank), so a resumed run skips exactly what was done."""
         cfg, dev = self.cfg, device()
-        plan_args = dict(seed=cfg.seed, rank=self.rank, world_size=self.world_size, group_by_length=cfg.group_by_length)
         step = start_step
         while step < self.total_steps:
             epoch = step // self.steps_per_epoch
-            plan = batch_plan(self.dataset.lengths, cfg.batch_size, epoch=epoch, **plan_args)
+            plan = epoch_plan(cfg, self.dataset, epoch, self.rank, self.world_size)
             plan = plan[:self.steps_per_epoch * cfg.grad_accum]
             first = (step - epoch * self.steps_per_epoch) * cfg.grad_accum
             for micro, indices in enumerate(plan[first:], start=first):
                 batch = collate_pairs([self.dataset[i] for i in indices], self.tokenizer.pad_token_id)
                 yield micro, {k: v.to(dev) for k, v in batch.items()}
             step = (epoch + 1) * self.steps_per_epoch
+
+
+def epoch_plan(cfg: RunConfig, dataset, epoch: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's micro-batches (pair indices) for one epoch."""
+    return batch_plan(dataset.lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
+                      world_size=world_size, group_by_length=cfg.group_by_length)
 
 
 def convert_gguf_models(cfg: RunConfig, rank: int) -> None:
@@ -107,7 +112,7 @@ def convert_gguf_models(cfg: RunConfig, rank: int) -> None:
         dist.barrier()
 
 
-def prepare_run(cfg: RunConfig, name: str = "minidpo") -> Run:
+def prepare_run(cfg: RunConfig) -> Run:
     """Validate, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
     validate(cfg)
     rank, world_size = setup_distributed()
@@ -119,8 +124,7 @@ def prepare_run(cfg: RunConfig, name: str = "minidpo") -> Run:
     tokenizer = load_tokenizer(cfg.model)
     dataset = load_data(cfg, tokenizer, rank, log)
     try:
-        micro_per_epoch = len(batch_plan(dataset.lengths, cfg.batch_size, seed=cfg.seed, epoch=0, rank=rank,
-                                         world_size=world_size, group_by_length=cfg.group_by_length))
+        micro_per_epoch = len(epoch_plan(cfg, dataset, 0, rank, world_size))
     except ValueError as e:  # fewer pairs than one step
         raise ConfigError(f"--data {cfg.data}: {e}") from e
     steps_per_epoch = micro_per_epoch // cfg.grad_accum
@@ -131,7 +135,7 @@ def prepare_run(cfg: RunConfig, name: str = "minidpo") -> Run:
     if cfg.max_steps > 0:
         total_steps = min(total_steps, cfg.max_steps)
     if rank == 0:
-        with open(os.path.join(cfg.output_dir, "config.json"), "w") as f:
+        with open(os.path.join(cfg.output_dir, "run_config.json"), "w") as f:
             json.dump({"run": cfg.to_dict(), "deepspeed": ds_config, "world_size": world_size,
                        "total_steps": total_steps, "data": dataset.stats.summary()}, f, indent=2)
     return Run(cfg, rank, world_size, ds_config, tokenizer, dataset, steps_per_epoch, total_steps, log)
