@@ -6,6 +6,7 @@ VENV       ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PIP_ARGS   ?=
 NPROC      ?= 1
+HOSTFILE   ?=
 DS_CONFIG  ?= ds_configs/zero2.json
 DATA_DIR   ?= data/demo
 PRESET     ?= demo
@@ -59,8 +60,8 @@ runs/sft/export/config.json: $(INIT)/config.json
 sft: runs/sft/export/config.json  ## train the demo SFT model (tokenizer + tiny Llama, SFT on both answers)
 
 # The demo SFT model is built first when the default model is used and missing.
-train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.json)  ## DPO training (MODEL=, DATA=, OUT=, NPROC=, DS_CONFIG=, ARGS=)
-	$(BIN)/deepspeed --num_gpus $(NPROC) trainer/train_dpo.py $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) \
+train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.json)  ## DPO training (MODEL=, DATA=, OUT=, NPROC=, HOSTFILE=, DS_CONFIG=, ARGS=)
+	$(BIN)/deepspeed $(if $(HOSTFILE),--hostfile $(HOSTFILE)) --num_gpus $(NPROC) trainer/train_dpo.py $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) \
 		--model $(MODEL) --data $(DATA) --output_dir $(OUT) --deepspeed $(DS_CONFIG) $(ARGS)
 
 eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, OUT=)
