@@ -66,7 +66,7 @@ def resolve_model_dirs(sft: str | None = None, dpo: str | None = None, runs_dir:
     """
     runs = Path(runs_dir)
     if sft:
-        sft_dir = Path(sft)
+        sft_dir = Path(_hf_folder(sft))
     else:
         sft_dir = runs / "sft" / "export"
         if not (sft_dir / "config.json").is_file():
@@ -74,7 +74,7 @@ def resolve_model_dirs(sft: str | None = None, dpo: str | None = None, runs_dir:
                 f"no SFT model at {sft_dir}: run `make sft` first, or pass --sft DIR (SFT=DIR for make app)"
             )
     if dpo:
-        dpo_dir = Path(dpo)
+        dpo_dir = Path(_hf_folder(dpo))
     else:
         found = [p for p in runs.glob("dpo*/export*") if (p / "config.json").is_file()]
         if not found:
@@ -84,6 +84,18 @@ def resolve_model_dirs(sft: str | None = None, dpo: str | None = None, runs_dir:
             )
         dpo_dir = max(found, key=lambda p: (p / "config.json").stat().st_mtime)
     return sft_dir, dpo_dir
+
+
+def _hf_folder(path: str) -> str:
+    """A .gguf file is converted once into a cached Hugging Face folder (minidpo.gguf); folders pass as they are."""
+    if not str(path).endswith(".gguf"):
+        return path
+    from minidpo.gguf import GGUFError, ensure_hf_folder
+
+    try:
+        return ensure_hf_folder(path)
+    except GGUFError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def check_model_dir(path: str | Path, role: str) -> Path:
@@ -728,8 +740,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="python -m app.compare",
         description="Compare an SFT and a DPO model side by side in a local Gradio page.",
     )
-    p.add_argument("--sft", metavar="DIR", help="SFT (reference) model folder [default: <runs-dir>/sft/export]")
-    p.add_argument("--dpo", metavar="DIR", help="DPO model folder [default: newest <runs-dir>/dpo*/export*]")
+    p.add_argument("--sft", metavar="DIR", help="SFT (reference) model folder or .gguf file [default: <runs-dir>/sft/export]")
+    p.add_argument("--dpo", metavar="DIR", help="DPO model folder or .gguf file [default: newest <runs-dir>/dpo*/export*]")
     p.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where the defaults are looked for [%(default)s]")
     p.add_argument("--beta", type=float, default=DEFAULT_BETA, help="β of the implicit reward [%(default)s]")
     p.add_argument("--votes", default=DEFAULT_VOTES, metavar="PATH", help="blind-vote JSONL file [%(default)s]")
