@@ -369,6 +369,14 @@ def load_preference_data(
             return ds
 
     stats = DataStats()
+
+    def skip(error: DataError) -> None:
+        """A bad record: stop on it, or count it by reason (keeping the first message of each reason)."""
+        if on_bad_record == "error":
+            raise error
+        stats.skipped[error.reason] = stats.skipped.get(error.reason, 0) + 1
+        stats.examples.setdefault(error.reason, str(error))
+
     good: list[PreferencePair] = []
     formats = []
     for rec, rec_fmt, item in iter_pairs(path, fmt):
@@ -376,10 +384,7 @@ def load_preference_data(
         if rec_fmt not in formats and rec_fmt != "unknown":
             formats.append(rec_fmt)
         if isinstance(item, DataError):
-            if on_bad_record == "error":
-                raise item
-            stats.skipped[item.reason] = stats.skipped.get(item.reason, 0) + 1
-            stats.examples.setdefault(item.reason, str(item))
+            skip(item)
             continue
         good.append(item)
     stats.format = "+".join(formats) or "unknown"
@@ -397,10 +402,7 @@ def load_preference_data(
         batch = good[start:start + chunk]
         for p, tp in zip(batch, enc.encode_pairs(batch)):
             if isinstance(tp, DataError):
-                if on_bad_record == "error":
-                    raise tp
-                stats.skipped[tp.reason] = stats.skipped.get(tp.reason, 0) + 1
-                stats.examples.setdefault(tp.reason, str(tp))
+                skip(tp)
                 continue
             tp, events = truncate_pair(tp, max_length, max_prompt_length)
             if tp is None:
