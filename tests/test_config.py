@@ -1,6 +1,7 @@
 """Run config and DeepSpeed JSON resolution: auto fields, contradictions, early one-line errors."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -101,3 +102,13 @@ def test_cli_bad_input_is_one_line_before_heavy_work(tmp_path, tiny_model_dir):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: --model {tmp_path / 'missing'}: not a folder"]
+
+
+def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
+    from minidpo.engine import warmup_cosine
+
+    ratio = warmup_cosine(total_steps=12, warmup_steps=4, min_lr_ratio=0.1)
+    assert [ratio(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert ratio(8) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway: 0.55
+    assert ratio(12) == pytest.approx(0.1) and ratio(50) == pytest.approx(0.1)
+    assert warmup_cosine(10, 0, 0.0)(0) == pytest.approx(1.0)  # no warmup: the first step has the full lr
