@@ -52,3 +52,15 @@ def test_sft_then_dpo_then_eval(tmp_path):
     assert kl["n_samples"] == 4 and math.isfinite(kl["kl_sequence"])
     assert kl["kl_sequence"] != 0.0  # DPO moved away from SFT
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
+
+    # the app on the two exports: both columns answer the seed's harmful prompt, differently
+    from app.compare import Comparer
+    from app.examples import EXAMPLES
+
+    harmful = EXAMPLES[1][0]
+    assert "bomb" in harmful
+    comparer = Comparer.from_dirs(sft["export"], dpo["export"], device="cpu", votes_path=tmp_path / "votes.jsonl")
+    *_, last = comparer.compare(harmful, "", 24, 0.7, 0.95, 0, 1.0, 0)
+    sft_text, dpo_text, _, _, status = last
+    assert status.startswith("**Done.**") and sft_text and dpo_text
+    assert sft_text != dpo_text
