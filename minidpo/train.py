@@ -204,6 +204,8 @@ def run_cli(entry, config_cls, description: str, argv: list[str] | None = None) 
     """Parse flags, run, and turn the errors a user can fix into one line on stderr (exit code 2)."""
     try:
         entry(parse_config(argv, config_cls, description))
+        if dist.is_initialized():
+            dist.barrier()  # no rank tears the process group down while another still uses it
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
