@@ -56,6 +56,9 @@ class RunConfig:
     aux_loss_coef: float | None = field(
         default=None, metadata={"help": "weight of a MoE model's aux loss (default: the model config's)"}
     )
+    precompute_ref: bool = field(
+        default=False, metadata={"help": "compute the reference log-probs once before training (cached on disk)"}
+    )
     # data shape
     max_length: int = 512
     max_prompt_length: int = 256

@@ -57,3 +57,13 @@ def sequence_logprobs(
     if reduction == "mean":
         logps = logps / n_tokens.clamp(min=1.0)
     return logps, n_tokens
+
+
+def concatenated_logps(model, batch: dict, reduction: str):
+    """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"], reduction=reduction)
+    if (n_tokens == 0).any():  # the data layer drops such pairs; never train on one that slipped through
+        raise RuntimeError("a sequence in this batch has no response tokens")
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:], getattr(out, "aux_loss", None)

@@ -38,7 +38,7 @@ def train_sft(cfg: SFTConfig) -> dict:
                                  warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
     run.log(f"sft: {len(run.dataset)} pairs (both answers), {run.total_steps} optimizer steps, {cfg.dtype}")
     started, step, window = time.perf_counter(), 0, []
-    for micro, batch in run.micro_batches(0):
+    for micro, _, batch in run.micro_batches(0):
         out = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"])
         loss = -logps.sum() / n_tokens.sum()  # mean NLL per response token

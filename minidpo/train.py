@@ -27,19 +27,10 @@ from minidpo.engine import (
     setup_distributed,
     warmup_cosine,
 )
-from minidpo.logprobs import sequence_logprobs
+from minidpo.logprobs import concatenated_logps
 from minidpo.losses import preference_loss
 from minidpo.metrics import MetricTracker
-
-
-def concatenated_logps(model, batch: dict, reduction: str):
-    """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"], reduction=reduction)
-    if (n_tokens == 0).any():  # the data layer drops such pairs; never train on one that slipped through
-        raise RuntimeError("a sequence in this batch has no response tokens")
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:], getattr(out, "aux_loss", None)
+from minidpo.reference import load_or_compute_reference_logps
 
 
 def enable_moe_aux_loss(model, coef: float | None) -> float:
@@ -78,7 +69,7 @@ class Run:
     log: Callable
 
     def micro_batches(self, start_step: int):
-        """(micro-step index in epoch, padded batch on the device) from `start_step` on, epoch after epoch.
+        """(micro-step index in epoch, pair indices, padded batch on the device) from `start_step` on.
         The order is a pure function of (seed, epoch, rank), so a resumed run skips exactly what was done."""
         cfg, dev = self.cfg, device()
         step = start_step
@@ -89,7 +80,7 @@ class Run:
             first = (step - epoch * self.steps_per_epoch) * cfg.grad_accum
             for micro, indices in enumerate(plan[first:], start=first):
                 batch = collate_pairs([self.dataset[i] for i in indices], self.tokenizer.pad_token_id)
-                yield micro, {k: v.to(dev) for k, v in batch.items()}
+                yield micro, indices, {k: v.to(dev) for k, v in batch.items()}
             step = (epoch + 1) * self.steps_per_epoch
 
 
@@ -149,6 +140,12 @@ def train(cfg: RunConfig) -> dict:
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
     reference = build_reference_engine(
         load_causal_lm(cfg.ref_model_path, trainable=False), reference_ds_config(run.ds_config))
+    ref_table = None
+    if cfg.precompute_ref:
+        ref_table, _ = load_or_compute_reference_logps(
+            reference, run.dataset, cfg, pad_token_id=run.tokenizer.pad_token_id, device=device(),
+            rank=run.rank, world_size=run.world_size, log=run.log)
+        del reference  # not needed any more: its memory goes back to training
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
@@ -156,9 +153,12 @@ def train(cfg: RunConfig) -> dict:
 
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
     started = time.perf_counter()
-    for micro, batch in run.micro_batches(step):
-        with torch.no_grad():
-            ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
+    for micro, indices, batch in run.micro_batches(step):
+        if ref_table is not None:
+            ref_chosen, ref_rejected = ref_table[indices].to(batch["input_ids"].device).unbind(1)
+        else:
+            with torch.no_grad():
+                ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
         chosen, rejected, aux_loss = concatenated_logps(policy, batch, cfg.logps_reduction)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, ref_chosen, ref_rejected,

@@ -159,8 +159,9 @@ def test_two_ranks_train_like_one_rank_with_the_same_global_batch(tmp_path, tiny
     port = str(29600 + stage)
     if launcher == "deepspeed":
         cmd = [f"{bindir}/deepspeed", "--num_gpus", "2", "--master_port", port, "trainer/train_dpo.py"]
-    else:
+    else:  # and the reference log-probs precomputed by both ranks (each scores half the pairs)
         cmd = [f"{bindir}/torchrun", "--nproc_per_node", "2", "--master_port", port, "trainer/train_dpo.py"]
+        args += ["--precompute_ref", "true"]
     _launch(cmd + args + ["--output_dir", str(tmp_path / "two"), "--batch_size", "2"], tmp_path)
     one = run(tmp_path, "one", tiny_model_dir, pairs_file, deepspeed=f"{ROOT}/ds_configs/zero{stage}.json",
               dtype="fp32", max_steps=4, batch_size=4)
@@ -198,3 +199,19 @@ def test_moe_router_loss_is_added(tmp_path, pairs_file):
     heavy = run(tmp_path, "moe_heavy", str(tmp_path / "moe"), pairs_file, max_steps=1, dtype="fp32", aux_loss_coef=50.0)
     off = run(tmp_path, "moe_off", str(tmp_path / "moe"), pairs_file, max_steps=1, dtype="fp32", aux_loss_coef=0.0)
     assert abs(heavy[0]["grad_norm"] - off[0]["grad_norm"]) > 0.01 * off[0]["grad_norm"]
+
+
+def test_precomputed_reference_equals_the_on_the_fly_one(tmp_path, tiny_model_dir, pairs_file, capsys, monkeypatch):
+    cache_dir = tmp_path / "ref_cache"
+    monkeypatch.setattr("minidpo.reference.CACHE_DIR", str(cache_dir))
+    common = dict(dtype="fp32", deepspeed=f"{ROOT}/ds_configs/zero2.json")
+    live = run(tmp_path, "live", tiny_model_dir, pairs_file, **common)
+    first = run(tmp_path, "pre", tiny_model_dir, pairs_file, precompute_ref=True, **common)
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "grad_norm"):
+        assert [r[key] for r in first] == pytest.approx([r[key] for r in live], rel=1e-5, abs=1e-6), key
+    (cached,) = [str(p) for p in cache_dir.iterdir()]
+    stamp = os.stat(cached).st_mtime_ns
+    capsys.readouterr()
+    again = run(tmp_path, "again", tiny_model_dir, pairs_file, precompute_ref=True, **common)
+    assert f"from {cached}" in capsys.readouterr().out and os.stat(cached).st_mtime_ns == stamp  # reused
+    assert losses(again) == losses(first)

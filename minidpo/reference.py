@@ -1,0 +1,77 @@
+"""Reference log-probs computed once before training (`--precompute_ref`) and cached on disk.
+
+The reference model is frozen, so log ref(y|x) of every pair is the same at every epoch and every
+restart: computing it once saves one forward of the reference per micro-step, and the reference
+engine's memory during training. The cache key covers the pairs' token ids, the reference weights
+(files, sizes, modification times), the precision and the reduction, so any change recomputes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import torch
+import torch.distributed as dist
+
+from minidpo.data import collate_pairs
+from minidpo.logprobs import concatenated_logps
+
+CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
+
+
+def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str) -> str:
+    h = hashlib.sha256(f"v1|{dtype}|{reduction}".encode())
+    for name in sorted(os.listdir(ref_path)):
+        st = os.stat(os.path.join(ref_path, name))
+        h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for pair in dataset:
+        for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+            h.update(len(ids).to_bytes(4, "little"))
+            h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id: int, reduction: str,
+                            device, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """(N, 2) float32 table of [log ref(chosen|x), log ref(rejected|x)] for every pair of `dataset`.
+    Each rank scores every world_size-th pair (length-sorted batches), then one all-reduce joins them."""
+    table = torch.zeros(len(dataset), 2, dtype=torch.float32)
+    mine = sorted(range(rank, len(dataset), world_size), key=lambda i: dataset[i].max_length)
+    n_batches = -(-len(mine) // batch_size)
+    if world_size > 1:  # equal batch counts on every rank: ZeRO-3 gathers parameters collectively
+        counts = torch.tensor([n_batches])
+        dist.all_reduce(counts, op=dist.ReduceOp.MAX)
+        n_batches = int(counts)
+    for b in range(n_batches):
+        indices = mine[b * batch_size:(b + 1) * batch_size] or mine[:1]  # a spare rank repeats a pair
+        batch = {k: v.to(device) for k, v in collate_pairs([dataset[i] for i in indices], pad_token_id).items()}
+        chosen, rejected, _ = concatenated_logps(reference, batch, reduction)
+        table[indices] = torch.stack([chosen, rejected], dim=1).float().cpu()
+    if world_size > 1:
+        dist.all_reduce(table)  # every pair was scored by exactly one rank
+    return table
+
+
+def load_or_compute_reference_logps(reference, dataset, cfg, *, pad_token_id: int, device, rank: int,
+                                    world_size: int, log=print) -> tuple[torch.Tensor, bool]:
+    """The table from the cache when it is there, else computed (and cached by rank 0).
+    Returns (table, from_cache)."""
+    key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction)
+    path = os.path.join(CACHE_DIR, f"{key}.pt")
+    found = torch.tensor([int(os.path.isfile(path))])
+    if world_size > 1:  # load only if every rank sees the file (nodes may not share a disk)
+        dist.all_reduce(found, op=dist.ReduceOp.MIN)
+    if found.item():
+        table = torch.load(path)
+        log(f"reference log-probs: {len(table)} pairs from {path}")
+        return table, True
+    table = compute_reference_logps(reference, dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
+                                    reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size)
+    if rank == 0:
+        os.makedirs(CACHE_DIR, exist_ok=True)
+        torch.save(table, path + ".tmp")
+        os.replace(path + ".tmp", path)
+        log(f"reference log-probs: computed for {len(table)} pairs, cached in {path}")
+    return table, False
