@@ -54,10 +54,10 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
     return table
 
 
-def load_or_compute_reference_logps(reference, dataset, cfg, *, pad_token_id: int, device, rank: int,
-                                    world_size: int, log=print) -> tuple[torch.Tensor, bool]:
-    """The table from the cache when it is there, else computed (and cached by rank 0).
-    Returns (table, from_cache)."""
+def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_id: int, device, rank: int,
+                                    world_size: int, log=print) -> torch.Tensor:
+    """The table from the cache when it is there, else computed with `make_reference()` (an engine
+    built only then, and released on return) and cached by rank 0."""
     key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction)
     path = os.path.join(CACHE_DIR, f"{key}.pt")
     found = torch.tensor([int(os.path.isfile(path))])
@@ -66,12 +66,12 @@ def load_or_compute_reference_logps(reference, dataset, cfg, *, pad_token_id: in
     if found.item():
         table = torch.load(path)
         log(f"reference log-probs: {len(table)} pairs from {path}")
-        return table, True
-    table = compute_reference_logps(reference, dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
+        return table
+    table = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
                                     reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size)
     if rank == 0:
         os.makedirs(CACHE_DIR, exist_ok=True)
         torch.save(table, path + ".tmp")
         os.replace(path + ".tmp", path)
         log(f"reference log-probs: computed for {len(table)} pairs, cached in {path}")
-    return table, False
+    return table

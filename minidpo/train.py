@@ -46,8 +46,7 @@ def load_data(cfg: RunConfig, tokenizer, rank: int, log):
     def load():
         return load_preference_data(
             cfg.data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-            data_format=cfg.data_format, on_bad_record=cfg.on_bad_record,
-            cache_dir=os.path.join(".cache", "minidpo", "data"), log=log,
+            data_format=cfg.data_format, on_bad_record=cfg.on_bad_record, log=log,
         )
     dataset = load() if rank == 0 else None
     dist.barrier()
@@ -138,14 +137,18 @@ def train(cfg: RunConfig) -> dict:
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
     policy = build_policy_engine(
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
-    reference = build_reference_engine(
-        load_causal_lm(cfg.ref_model_path, trainable=False), reference_ds_config(run.ds_config))
-    ref_table = None
-    if cfg.precompute_ref:
-        ref_table, _ = load_or_compute_reference_logps(
-            reference, run.dataset, cfg, pad_token_id=run.tokenizer.pad_token_id, device=device(),
+
+    def make_reference():
+        model = load_causal_lm(cfg.ref_model_path, trainable=False)
+        return build_reference_engine(model, reference_ds_config(run.ds_config))
+
+    ref_table = reference = None
+    if cfg.precompute_ref:  # the reference engine is built only on a cache miss, and dropped after
+        ref_table = load_or_compute_reference_logps(
+            make_reference, run.dataset, cfg, pad_token_id=run.tokenizer.pad_token_id, device=device(),
             rank=run.rank, world_size=run.world_size, log=run.log)
-        del reference  # not needed any more: its memory goes back to training
+    else:
+        reference = make_reference()
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
