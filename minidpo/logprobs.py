@@ -7,7 +7,11 @@ can never be scored (a response always follows at least one prompt token).
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+
+from minidpo.data.collate import CHOSEN, PADDING, REJECTED
 
 REDUCTIONS = ("sum", "mean")
 
@@ -59,11 +63,91 @@ def sequence_logprobs(
     return logps, n_tokens
 
 
+def _reduce(logps: torch.Tensor, n_tokens: torch.Tensor, reduction: str) -> torch.Tensor:
+    if (n_tokens == 0).any():  # the data layer drops such pairs; never train on one that slipped through
+        raise RuntimeError("a sequence in this batch has no response tokens")
+    return logps / n_tokens if reduction == "mean" else logps
+
+
 def concatenated_logps(model, batch: dict, reduction: str):
     """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"], reduction=reduction)
-    if (n_tokens == 0).any():  # the data layer drops such pairs; never train on one that slipped through
-        raise RuntimeError("a sequence in this batch has no response tokens")
+    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"])
+    logps = _reduce(logps, n_tokens, reduction)
     half = logps.shape[0] // 2
     return logps[:half], logps[half:], getattr(out, "aux_loss", None)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared-prompt forward: one packed row [prompt, chosen, rejected] per pair (minidpo.data.collate_packed)
+
+PACKED_ATTENTION = ("sdpa", "eager")
+
+
+def packed_forward_unsupported(model) -> str | None:
+    """Why `model` cannot take the packed forward (None when it can). It needs a custom 4D attention
+    mask (sdpa / eager attention) and must not need the 2D padding mask (MoE router losses do)."""
+    config = getattr(model, "module", model).config
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in PACKED_ATTENTION:
+        return f"attention implementation {impl!r} takes no custom 4D mask (needs {' or '.join(PACKED_ATTENTION)})"
+    if getattr(config, "output_router_logits", None) is not None:
+        return "mixture-of-experts router losses need the plain padding mask"
+    return None
+
+
+def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
+    """(B, 1, T, T) mask for packed rows: causal, padding hidden, and rejected tokens blind to chosen
+    ones, so each answer sees exactly [prompt, itself] as in its own sequence. Boolean (True = attend)
+    for sdpa; additive float (0 / dtype min) for eager attention. Padding rows see the prompt, so no
+    row is fully masked (a fully masked row would give NaNs)."""
+    T = segment_ids.shape[1]
+    q, k = segment_ids[:, :, None], segment_ids[:, None, :]
+    causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
+    allowed = causal & (k != PADDING) & ~((q == REJECTED) & (k == CHOSEN))
+    allowed = allowed[:, None]
+    if boolean:
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
+
+
+def _forward_kwargs(model) -> set:
+    module = getattr(model, "module", model)
+    return set(inspect.signature(module.forward).parameters)
+
+
+def packed_logps(model, batch: dict, reduction: str):
+    """One forward over packed [prompt, chosen, rejected] rows; returns (chosen_logps, rejected_logps, None).
+    Equal to `concatenated_logps` on the same pairs (tests/test_packed.py), with the prompt computed
+    once instead of twice, and logits only from the first answer-predicting position on."""
+    input_ids, segments, source = batch["input_ids"], batch["segment_ids"], batch["source"]
+    config = getattr(model, "module", model).config
+    boolean = (getattr(config, "_attn_implementation", None) or "eager") == "sdpa"
+    dtype = next(getattr(model, "module", model).parameters()).dtype
+    kwargs = dict(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False,
+                  attention_mask=packed_attention_mask(segments, dtype, boolean))
+    answer = (segments == CHOSEN) | (segments == REJECTED)
+    first = int(torch.where(answer, source, input_ids.shape[1]).min())  # earliest position whose logits are used
+    if "logits_to_keep" in _forward_kwargs(model):
+        kwargs["logits_to_keep"] = input_ids.shape[1] - first
+    else:
+        first = 0
+    logits = model(**kwargs).logits  # positions first..T-1
+    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
+    src = (source - first).clamp(min=0)
+    picked = logits[rows, src, input_ids].float()  # logit of each answer token at its predicting position
+    lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(4)])
+    per_token = picked - lse.gather(1, src)
+    logps, n_tokens = [], []
+    for segment in (CHOSEN, REJECTED):
+        mask = (segments == segment).float()
+        logps.append((per_token * mask).sum(-1))
+        n_tokens.append(mask.sum(-1))
+    return (_reduce(logps[0], n_tokens[0], reduction), _reduce(logps[1], n_tokens[1], reduction), None)
+
+
+def pair_logps(model, batch: dict, reduction: str):
+    """(chosen_logps, rejected_logps, aux_loss or None) for a batch from collate_pairs or collate_packed."""
+    if "segment_ids" in batch:
+        return packed_logps(model, batch, reduction)
+    return concatenated_logps(model, batch, reduction)

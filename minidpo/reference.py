@@ -15,7 +15,8 @@ import torch
 import torch.distributed as dist
 
 from minidpo.data import collate_pairs
-from minidpo.logprobs import concatenated_logps
+from minidpo.data.collate import collate_packed, padded_length
+from minidpo.logprobs import pair_logps
 
 CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
 
@@ -34,11 +35,12 @@ def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str) -> s
 
 @torch.no_grad()
 def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id: int, reduction: str,
-                            device, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+                            device, rank: int = 0, world_size: int = 1, collate=collate_pairs) -> torch.Tensor:
     """(N, 2) float32 table of [log ref(chosen|x), log ref(rejected|x)] for every pair of `dataset`.
     Each rank scores every world_size-th pair (length-sorted batches), then one all-reduce joins them."""
     table = torch.zeros(len(dataset), 2, dtype=torch.float32)
-    mine = sorted(range(rank, len(dataset), world_size), key=lambda i: dataset[i].max_length)
+    packed = collate is collate_packed
+    mine = sorted(range(rank, len(dataset), world_size), key=lambda i: padded_length(dataset[i], packed))
     n_batches = -(-len(mine) // batch_size)
     if world_size > 1:  # equal batch counts on every rank: ZeRO-3 gathers parameters collectively
         counts = torch.tensor([n_batches])
@@ -46,8 +48,8 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
         n_batches = int(counts)
     for b in range(n_batches):
         indices = mine[b * batch_size:(b + 1) * batch_size] or mine[:1]  # a spare rank repeats a pair
-        batch = {k: v.to(device) for k, v in collate_pairs([dataset[i] for i in indices], pad_token_id).items()}
-        chosen, rejected, _ = concatenated_logps(reference, batch, reduction)
+        batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices], pad_token_id).items()}
+        chosen, rejected, _ = pair_logps(reference, batch, reduction)
         table[indices] = torch.stack([chosen, rejected], dim=1).float().cpu()
     if world_size > 1:
         dist.all_reduce(table)  # every pair was scored by exactly one rank
@@ -55,7 +57,7 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
 
 
 def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_id: int, device, rank: int,
-                                    world_size: int, log=print) -> torch.Tensor:
+                                    world_size: int, collate=collate_pairs, log=print) -> torch.Tensor:
     """The table from the cache when it is there, else computed with `make_reference()` (an engine
     built only then, and released on return) and cached by rank 0."""
     key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction)
@@ -68,7 +70,8 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
         log(f"reference log-probs: {len(table)} pairs from {path}")
         return table
     table = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
-                                    reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size)
+                                    reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size,
+                                    collate=collate)
     if rank == 0:
         os.makedirs(CACHE_DIR, exist_ok=True)
         torch.save(table, path + ".tmp")

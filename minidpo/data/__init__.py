@@ -6,14 +6,16 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
   prompt tokens; response ids end with the template's end-of-turn / EOS token.
 - `collate_pairs(pairs, pad_token_id)` returns right-padded tensors of 2B rows, chosen rows first:
   `input_ids`, `attention_mask`, `loss_mask` (1 on response tokens, see `minidpo.logprobs`).
+- `collate_packed(pairs, pad_token_id)` returns B rows [prompt, chosen, rejected] for the shared-prompt
+  forward: `input_ids`, `position_ids`, `segment_ids`, `source` (see its docstring).
 
     formats.py   file / record -> PreferencePair (several formats, errors name file:line and field)
     tokenize.py  chat template, response-only ids, truncation, stats, on-disk cache
-    collate.py   dynamic padding, [chosen; rejected] rows
+    collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
     sampler.py   batch_plan: deterministic, length-grouped, equal batches per rank
 """
 
-from .collate import collate_pairs
+from .collate import collate_packed, collate_pairs
 from .formats import FORMATS, DataError, PreferencePair, detect_format, iter_pairs
 from .sampler import batch_plan
 from .tokenize import (
@@ -37,6 +39,7 @@ __all__ = [
     "PreferencePair",
     "TokenizedPair",
     "batch_plan",
+    "collate_packed",
     "collate_pairs",
     "detect_format",
     "encode_prompt_response",

@@ -36,3 +36,58 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_mult
         attention_mask[n, :P + R] = 1
         loss_mask[n, P:P + R] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+# Segment ids of a packed row (see collate_packed).
+PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
+
+
+def collate_packed(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
+    """Pack B pairs into B rows of [prompt, chosen, rejected], so the shared prompt is computed once.
+
+    Returns a dict of LongTensors, each (B, T):
+        input_ids:    prompt + chosen + rejected, pad_token_id after.
+        position_ids: 0..P-1 on the prompt; both answers continue from P (rejected restarts at P).
+        segment_ids:  PROMPT / CHOSEN / REJECTED / PADDING per token; the attention mask is built from it
+                      (`minidpo.logprobs.packed_attention_mask`): rejected tokens never see chosen ones.
+        source:       for each answer token, the position whose logits predict it: the previous
+                      position, except the first rejected token, predicted from the prompt's last token.
+    T is the longest row rounded up to a multiple of `pad_to_multiple_of`.
+    """
+    if not pairs:
+        raise ValueError("collate_packed needs at least one pair")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to its EOS token) before collating")
+    longest = max(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    m = max(1, pad_to_multiple_of or 1)
+    T = -(-longest // m) * m
+    input_ids = torch.full((len(pairs), T), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(pairs), T), dtype=torch.long)
+    segment_ids = torch.full((len(pairs), T), PADDING, dtype=torch.long)
+    source = torch.zeros((len(pairs), T), dtype=torch.long)
+    for n, p in enumerate(pairs):
+        P, C, R = len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)
+        input_ids[n, :P + C + R] = torch.tensor(p.prompt_ids + p.chosen_ids + p.rejected_ids, dtype=torch.long)
+        position_ids[n, :P + C] = torch.arange(P + C)
+        position_ids[n, P + C:P + C + R] = torch.arange(P, P + R)
+        segment_ids[n, :P] = PROMPT
+        segment_ids[n, P:P + C] = CHOSEN
+        segment_ids[n, P + C:P + C + R] = REJECTED
+        source[n, P:P + C + R] = torch.arange(P - 1, P + C + R - 1)
+        source[n, P + C] = P - 1
+    return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids, "source": source}
+
+
+def padded_length(pair: TokenizedPair, packed: bool) -> int:
+    """The row length `pair` needs: prompt + both answers when packed, else prompt + the longer answer.
+    Batches are grouped by it, so that little is padded."""
+    if packed:
+        return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
+    return pair.max_length
+
+
+def real_tokens(batch: dict) -> int:
+    """Non-padding positions of a batch from collate_pairs or collate_packed."""
+    if "segment_ids" in batch:
+        return int((batch["segment_ids"] != PADDING).sum())
+    return int(batch["attention_mask"].sum())
