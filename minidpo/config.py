@@ -59,6 +59,13 @@ class RunConfig:
     precompute_ref: bool = field(
         default=False, metadata={"help": "compute the reference log-probs once before training (cached on disk)"}
     )
+    shared_prompt: bool = field(
+        default=True, metadata={"help": "pack [prompt, chosen, rejected] into one row: the prompt is computed once"}
+    )
+    activation_checkpointing: int = field(
+        default=0, metadata={"help": "0: off; n: recompute every n-th layer's activations in the backward "
+                             "(1: all layers, ~1/3 more compute, much less memory)"}
+    )
     # data shape
     max_length: int = 512
     max_prompt_length: int = 256

@@ -25,7 +25,7 @@ PAIR_MEANS = {
     "logps/chosen": "chosen_logps",
     "logps/rejected": "rejected_logps",
 }
-_KEYS = ["pairs", "tokens", "aux_loss", "micro_steps", *PAIR_MEANS.values()]
+_KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values()]
 
 
 def peak_memory_gb() -> float:
@@ -41,6 +41,7 @@ class MetricTracker:
         self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
         self.grad_norms: list[float] = []
         self.lr = 0.0
+        self.totals = {"pairs": 0.0, "tokens": 0.0, "positions": 0.0, "real_positions": 0.0}  # whole run, all ranks
         self.last_time = time.perf_counter()
         self.writer = self.jsonl = self.bar = None
         if rank != 0:
@@ -54,11 +55,16 @@ class MetricTracker:
         self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
 
-    def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss):
-        """Record one micro-batch (tensors of shape (B,) on any device)."""
+    def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss,
+                       positions: int = 0, real_positions: int = 0):
+        """Record one micro-batch (tensors of shape (B,) on any device). `tokens`: the pairs' prompt+answer
+        tokens (prompt counted per answer); `positions` / `real_positions`: what the forward computed,
+        with and without padding."""
         values = {
             "pairs": losses.numel(),
             "tokens": tokens,
+            "positions": positions,
+            "real_positions": real_positions,
             "aux_loss": float(aux_loss) * losses.numel(),
             "micro_steps": 1,
             "loss": losses.detach().sum(),
@@ -95,12 +101,15 @@ class MetricTracker:
         if self.rank != 0:
             return None
         s = dict(zip(_KEYS, sums.tolist()))
+        for key in self.totals:
+            self.totals[key] += s[key]
         pairs = max(s["pairs"], 1.0)
         row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()}
         row.update({
             "learning_rate": self.lr,
             "perf/tokens_per_s": s["tokens"] / elapsed,
             "perf/pairs_per_s": s["pairs"] / elapsed,
+            "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
             "memory/peak_gb": peak,
         })
         if grad_norms:

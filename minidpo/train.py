@@ -17,6 +17,7 @@ import torch.distributed as dist
 from minidpo import checkpoint
 from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
 from minidpo.data import DataError, batch_plan, collate_pairs, load_preference_data
+from minidpo.data.collate import collate_packed, padded_length, real_tokens
 from minidpo.engine import (
     build_policy_engine,
     build_reference_engine,
@@ -27,7 +28,7 @@ from minidpo.engine import (
     setup_distributed,
     warmup_cosine,
 )
-from minidpo.logprobs import concatenated_logps
+from minidpo.logprobs import packed_forward_unsupported, pair_logps
 from minidpo.losses import preference_loss
 from minidpo.metrics import MetricTracker
 from minidpo.reference import load_or_compute_reference_logps
@@ -66,6 +67,7 @@ class Run:
     steps_per_epoch: int
     total_steps: int
     log: Callable
+    collate: Callable = collate_pairs  # collate_packed for the shared-prompt forward
 
     def micro_batches(self, start_step: int):
         """(micro-step index in epoch, pair indices, padded batch on the device) from `start_step` on.
@@ -74,18 +76,22 @@ class Run:
         step = start_step
         while step < self.total_steps:
             epoch = step // self.steps_per_epoch
-            plan = epoch_plan(cfg, self.dataset, epoch, self.rank, self.world_size)
+            plan = epoch_plan(cfg, self.dataset, epoch, self.rank, self.world_size,
+                              packed=self.collate is collate_packed)
             plan = plan[:self.steps_per_epoch * cfg.grad_accum]
             first = (step - epoch * self.steps_per_epoch) * cfg.grad_accum
             for micro, indices in enumerate(plan[first:], start=first):
-                batch = collate_pairs([self.dataset[i] for i in indices], self.tokenizer.pad_token_id)
+                batch = self.collate([self.dataset[i] for i in indices], self.tokenizer.pad_token_id)
                 yield micro, indices, {k: v.to(dev) for k, v in batch.items()}
             step = (epoch + 1) * self.steps_per_epoch
 
 
-def epoch_plan(cfg: RunConfig, dataset, epoch: int, rank: int, world_size: int) -> list[list[int]]:
-    """This rank's micro-batches (pair indices) for one epoch."""
-    return batch_plan(dataset.lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
+def epoch_plan(cfg: RunConfig, dataset, epoch: int, rank: int, world_size: int, *,
+               packed: bool = False) -> list[list[int]]:
+    """This rank's micro-batches (pair indices) for one epoch, grouped by the length of what a batch
+    pads: packed rows are prompt + both answers long, plain rows prompt + the longer answer."""
+    lengths = [padded_length(p, packed) for p in dataset]
+    return batch_plan(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
                       world_size=world_size, group_by_length=cfg.group_by_length)
 
 
@@ -131,10 +137,27 @@ def prepare_run(cfg: RunConfig) -> Run:
     return Run(cfg, rank, world_size, ds_config, tokenizer, dataset, steps_per_epoch, total_steps, log)
 
 
+def choose_collate(cfg: RunConfig, model, log) -> Callable:
+    """collate_packed (shared-prompt forward) when asked for and the model takes it, else collate_pairs."""
+    if not cfg.shared_prompt:
+        return collate_pairs
+    reason = packed_forward_unsupported(model)
+    if reason:
+        log(f"minidpo: shared-prompt forward off ({reason}); chosen and rejected run as two sequences")
+        return collate_pairs
+    return collate_packed
+
+
+def pair_tokens(pairs) -> int:
+    """Tokens of [prompt + chosen] and [prompt + rejected]: the work a pair is, however it is batched."""
+    return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+
+
 def train(cfg: RunConfig) -> dict:
     run = prepare_run(cfg)
-    policy_model = load_causal_lm(cfg.model, trainable=True)
+    policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing)
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
+    run.collate = choose_collate(cfg, policy_model, run.log)
     policy = build_policy_engine(
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
 
@@ -142,10 +165,11 @@ def train(cfg: RunConfig) -> dict:
         model = load_causal_lm(cfg.ref_model_path, trainable=False)
         return build_reference_engine(model, reference_ds_config(run.ds_config))
 
+    started = time.perf_counter()  # the reference pass of --precompute_ref is part of the training time
     ref_table = reference = None
     if cfg.precompute_ref:  # the reference engine is built only on a cache miss, and dropped after
         ref_table = load_or_compute_reference_logps(
-            make_reference, run.dataset, cfg, pad_token_id=run.tokenizer.pad_token_id, device=device(),
+            make_reference, run.dataset, cfg, collate=run.collate, pad_token_id=run.tokenizer.pad_token_id, device=device(),
             rank=run.rank, world_size=run.world_size, log=run.log)
     else:
         reference = make_reference()
@@ -155,14 +179,13 @@ def train(cfg: RunConfig) -> dict:
             + (f", resumed at step {step}" if step else ""))
 
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
-    started = time.perf_counter()
     for micro, indices, batch in run.micro_batches(step):
         if ref_table is not None:
             ref_chosen, ref_rejected = ref_table[indices].to(batch["input_ids"].device).unbind(1)
         else:
             with torch.no_grad():
-                ref_chosen, ref_rejected, _ = concatenated_logps(reference, batch, cfg.logps_reduction)
-        chosen, rejected, aux_loss = concatenated_logps(policy, batch, cfg.logps_reduction)
+                ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
+        chosen, rejected, aux_loss = pair_logps(policy, batch, cfg.logps_reduction)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, ref_chosen, ref_rejected,
             beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
@@ -173,7 +196,8 @@ def train(cfg: RunConfig) -> dict:
         lr = policy.get_lr()[0]
         policy.step()  # DeepSpeed only updates the weights at the accumulation boundary
         tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
-                               tokens=int(batch["attention_mask"].sum()),
+                               tokens=pair_tokens(run.dataset[i] for i in indices),
+                               positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
                                aux_loss=0.0 if aux_loss is None else aux_loss.item())
         if (micro + 1) % cfg.grad_accum:
             continue
@@ -187,15 +211,19 @@ def train(cfg: RunConfig) -> dict:
             checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step},
                             keep=cfg.keep_checkpoints, export=cfg.export)
 
+    seconds = time.perf_counter() - started  # the final save and export are not training time
     checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints, export=False)
     checkpoint.export_hf(policy, run.tokenizer, os.path.join(cfg.output_dir, "export"))
     tracker.close()
-    return write_summary(run, step, time.perf_counter() - started)
+    return write_summary(run, step, seconds, tracker.totals)
 
 
-def write_summary(run: Run, steps: int, seconds: float) -> dict:
-    summary = {"steps": steps, "seconds": round(seconds, 1), "pairs": len(run.dataset),
+def write_summary(run: Run, steps: int, seconds: float, totals: dict | None = None) -> dict:
+    """summary.json: steps, training seconds, and (DPO) the run's pair, token and padding totals."""
+    summary = {"steps": steps, "seconds": round(seconds, 3), "pairs": len(run.dataset),
                "world_size": run.world_size, "export": os.path.join(run.cfg.output_dir, "export")}
+    if totals:
+        summary["trained"] = {k: int(v) for k, v in totals.items()}
     if run.rank == 0:
         with open(os.path.join(run.cfg.output_dir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

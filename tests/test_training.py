@@ -116,7 +116,7 @@ def test_export_reproduces_the_engine_logprobs(tmp_path, tiny_model_dir, pairs_f
     from minidpo.data import collate_pairs, load_preference_data
     from minidpo.engine import build_policy_engine, load_causal_lm, load_tokenizer, setup_distributed, warmup_cosine
     from minidpo.checkpoint import export_hf
-    from minidpo.train import concatenated_logps
+    from minidpo.logprobs import concatenated_logps
 
     setup_distributed()
     cfg = RunConfig(batch_size=4, learning_rate=1e-3)
@@ -215,3 +215,23 @@ def test_precomputed_reference_equals_the_on_the_fly_one(tmp_path, tiny_model_di
     again = run(tmp_path, "again", tiny_model_dir, pairs_file, precompute_ref=True, **common)
     assert f"from {cached}" in capsys.readouterr().out and os.stat(cached).st_mtime_ns == stamp  # reused
     assert losses(again) == losses(first)
+
+
+def test_shared_prompt_forward_trains_like_two_sequences(tmp_path, tiny_model_dir, pairs_file, capsys):
+    """The packed [prompt, chosen, rejected] forward is a speed-up only: same losses, rewards, gradients.
+    (Without length grouping, whose key differs for packed rows, both runs see the same batches.)"""
+    common = dict(dtype="fp32", max_steps=4, group_by_length=False)
+    plain = run(tmp_path, "plain", tiny_model_dir, pairs_file, shared_prompt=False, **common)
+    capsys.readouterr()
+    packed = run(tmp_path, "packed", tiny_model_dir, pairs_file, shared_prompt=True, **common)
+    assert "shared-prompt forward off" not in capsys.readouterr().out
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "grad_norm"):
+        assert [r[key] for r in packed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
+
+
+def test_activation_checkpointing_changes_memory_not_numbers(tmp_path, tiny_model_dir, pairs_file):
+    common = dict(dtype="fp32", max_steps=3)
+    plain = run(tmp_path, "full", tiny_model_dir, pairs_file, **common)
+    recomputed = run(tmp_path, "ckpt", tiny_model_dir, pairs_file, activation_checkpointing=1, **common)
+    for key in ("loss", "rewards/chosen", "grad_norm"):
+        assert [r[key] for r in recomputed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
