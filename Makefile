@@ -32,7 +32,7 @@ export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export OMP_WAIT_POLICY ?= PASSIVE
 export OMP_NUM_THREADS ?= $(shell echo $$(( $$(nproc) / $(NPROC) > 0 ? $$(nproc) / $(NPROC) : 1 )))
 
-.PHONY: help venv data sft train eval app tensorboard test clean
+.PHONY: help venv data sft train eval app tensorboard bench test clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,6 +44,11 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(BIN)/.installed  ## create .venv and install minidpo into it
+
+# TRL for the bench (and its test), pinned torch in the same command so pip keeps the CPU wheel
+$(BIN)/.bench-installed: $(BIN)/.installed
+	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)" -e '.[dev,bench]'
+	@touch $@
 
 $(DATA_DIR)/train.jsonl: | $(BIN)/.installed
 	$(BIN)/python -m minidpo.demo.generate --out $(DATA_DIR)
@@ -73,7 +78,10 @@ app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) 
 tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1:6006
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 --port 6006
 
-test: $(BIN)/.installed  ## the whole test suite (real engines, real browser)
+bench: $(BIN)/.bench-installed  ## minidpo vs TRL vs a seed-style loop: pairs/s, padding, RSS, MFU -> runs/bench (ARGS=)
+	$(BIN)/python -m minidpo.bench $(ARGS)
+
+test: $(BIN)/.bench-installed  ## the whole test suite (real engines, real browser)
 	$(BIN)/python -m pytest -q $(ARGS)
 
 clean:  ## remove runs, generated data and caches (keeps .venv)

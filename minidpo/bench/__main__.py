@@ -1,0 +1,237 @@
+"""`make bench`: minidpo, TRL's DPOTrainer and a seed-style loop on one generated workload.
+
+    python -m minidpo.bench [--model minimind-26m] [--pairs 256] [--dtype bf16] [--threads 2] [--rounds 2]
+                            [--trainers minidpo,trl,naive] [--out runs/bench]
+
+1. Builds the workload (model folder + pairs, see workload.py) and measures this machine's matmul peak.
+2. Numerics check: every trainer trains the same first batches (minidpo's plan) for --check-steps
+   steps; step 0 must give ln 2 and the following losses must agree. A speed-up that changes the
+   numbers is a bug, so a failed check fails the bench.
+3. Timing: --rounds rounds of one epoch per trainer, interleaved A B C A B C, each in a fresh process;
+   the median round counts. Each trainer's clock covers its whole training, reference work included.
+Writes OUT/bench.json and OUT/bench.md and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict
+
+from minidpo.bench.flops import dpo_pair_flops
+from minidpo.bench.settings import Settings
+from minidpo.bench.workload import MODELS, Workload, build, generate_pairs
+
+TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")
+DEFAULT_TRAINERS = "minidpo,trl,naive"
+LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing", "trl": "TRL DPOTrainer",
+          "naive": "seed-style loop"}
+
+
+def _env(threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
+    env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(".cache", "torch_extensions"))
+    return env
+
+
+def _worker(trainer: str, workload_dir: str, s: Settings, out: str, order=None) -> dict:
+    cmd = [sys.executable, "-m", "minidpo.bench.worker", "--trainer", trainer, "--workload", workload_dir,
+           "--settings", json.dumps(asdict(s)), "--out", out]
+    if order is not None:
+        with open(out[:-5] + ".order.json", "w") as f:
+            json.dump(order, f)
+        cmd += ["--order", out[:-5] + ".order.json"]
+    log = out[:-5] + ".log"
+    with open(log, "w") as f:
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(s.threads))
+    if done.returncode:
+        tail = open(log).read()[-3000:]
+        raise RuntimeError(f"bench: {trainer} failed (exit {done.returncode}); log {log}:\n{tail}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def _machine(threads: int) -> str:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        cpu += "" if "avx512_bf16" in info or "amx_bf16" in info else " (no avx512_bf16/amx)"
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, {threads} threads"
+
+
+def check_numerics(results: dict, tolerance: float) -> list[str]:
+    """Problems with the check runs' losses (empty when they agree)."""
+    problems = []
+    for name, r in results.items():
+        if abs(r["losses"][0] - math.log(2)) > tolerance:
+            problems.append(f"{name}: step-0 loss {r['losses'][0]:.5f} is not ln 2 = {math.log(2):.5f}")
+    base = results.get("minidpo") or next(iter(results.values()))
+    for name, r in results.items():
+        for step, (a, b) in enumerate(zip(r["losses"], base["losses"])):
+            if abs(a - b) > tolerance:
+                problems.append(f"{name}: step-{step} loss {a:.5f} differs from minidpo's {b:.5f}")
+    return problems
+
+
+def summarise(name: str, runs: list[dict], w: Workload, peak_gflops: float) -> dict:
+    pairs = generate_pairs(w)
+    mean_flops = sum(dpo_pair_flops(w.model_config, len(p), len(c), len(r)) for p, c, r in pairs) / len(pairs)
+    mean_tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs) / len(pairs)
+    r = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]  # the median round
+    rate = r["pairs"] / r["seconds"]
+    return {
+        "trainer": name, "pairs": r["pairs"], "seconds": round(r["seconds"], 2),
+        "seconds_all_rounds": [round(x["seconds"], 2) for x in runs],
+        "pairs_per_s": rate, "useful_tokens_per_s": rate * mean_tokens,
+        "computed_positions": r["positions"], "padded_positions": r["positions"] - r["real_positions"],
+        "padding_fraction": 1 - r["real_positions"] / max(r["positions"], 1),
+        "peak_rss_gb": max(x["peak_rss_gb"] for x in runs),
+        # on a GPU the memory that limits a run is the GPU's; on a CPU it is the process's RSS
+        "peak_memory_gb": max(x.get("peak_gpu_gb", x["peak_rss_gb"]) for x in runs),
+        "mfu": rate * mean_flops / (peak_gflops * 1e9),
+    }
+
+
+def targets(results: dict) -> dict:
+    """The issue's targets for each minidpo variant: pairs/s >= 3x TRL's and the seed-style loop's,
+    MFU >= 45%, peak memory <= 0.6x TRL's (only the comparisons whose trainers ran)."""
+    out = {}
+    for name, r in results.items():
+        if not name.startswith("minidpo"):
+            continue
+        t = {"mfu >= 45%": r["mfu"] >= 0.45}
+        if "trl" in results:
+            t["pairs/s >= 3x TRL"] = r["pairs_per_s"] >= 3 * results["trl"]["pairs_per_s"]
+            t["memory <= 0.6x TRL"] = r["peak_memory_gb"] <= 0.6 * results["trl"]["peak_memory_gb"]
+        if "naive" in results:
+            t["pairs/s >= 3x seed-style"] = r["pairs_per_s"] >= 3 * results["naive"]["pairs_per_s"]
+        out[name] = t
+    return out
+
+
+def markdown(report: dict) -> str:
+    rows = report["results"]
+    trl = rows.get("trl")
+    lines = [f"Workload: {report['workload']['model']} Llama, {report['workload']['pairs']} pairs "
+             f"(median prompt {report['work']['prompt_median']}, response {report['work']['response_median']}, "
+             f"max {report['work']['response_max']}), batch {report['settings']['batch_size']}, "
+             f"{report['settings']['dtype']}, {report['settings']['threads']} threads; machine: {report['machine']}; "
+             f"{report['settings']['dtype']} matmul peak {report['peak_gflops']:.0f} GFLOP/s; "
+             f"median of {report['rounds']} interleaved rounds.", "",
+             f"| trainer | pairs/s | useful tokens/s | padded positions | peak {report['memory_kind']} | MFU | "
+             f"pairs/s vs TRL | memory vs TRL |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        vs = (f"{r['pairs_per_s'] / trl['pairs_per_s']:.2f}x", f"{r['peak_memory_gb'] / trl['peak_memory_gb']:.2f}x") \
+            if trl else ("-", "-")
+        lines.append(f"| {LABELS[name]} | {r['pairs_per_s']:.2f} | {r['useful_tokens_per_s']:.0f} | "
+                     f"{r['padded_positions']} ({r['padding_fraction']:.0%}) | {r['peak_memory_gb']:.2f} GB | "
+                     f"{r['mfu']:.1%} | {vs[0]} | {vs[1]} |")
+    for name, t in report["targets"].items():
+        lines += ["", f"Targets, {LABELS[name]}: " + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in t.items())]
+    check = report["check"]
+    lines += ["", f"Numerics check ({check['steps']} steps, same batches): "
+              + ("losses agree" if not check["problems"] else "FAILED: " + "; ".join(check["problems"]))
+              + " — " + ", ".join(f"{LABELS[n]} {[round(x, 4) for x in ls]}" for n, ls in check["losses"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="minimind-26m", choices=list(MODELS))
+    p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--check-steps", type=int, default=3)
+    p.add_argument("--tolerance", type=float, default=None, help="loss agreement (default: 1e-4 fp32, 2e-2 bf16)")
+    p.add_argument("--trainers", default=DEFAULT_TRAINERS,
+                   help=f"comma-separated, from {', '.join(TRAINERS)} (minidpo-ac: minidpo with activation checkpointing)")
+    p.add_argument("--out", default=os.path.join("runs", "bench"))
+    a = p.parse_args(argv)
+    trainers = [t for t in a.trainers.split(",") if t]
+    unknown = set(trainers) - set(TRAINERS)
+    if unknown or not trainers:
+        p.error(f"--trainers: unknown {sorted(unknown)}; choose from {', '.join(TRAINERS)}")
+    if "trl" in trainers:
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            p.error("TRL is not installed: pip install -e '.[bench]' (or make bench, which does), "
+                    "or leave it out with --trainers minidpo,naive")
+    os.makedirs(a.out, exist_ok=True)
+    w = Workload(model=a.model, pairs=a.pairs)
+    s = Settings(dtype=a.dtype, threads=a.threads)
+    workload_dir = os.path.join(a.out, f"workload-{a.model}-{a.pairs}")
+    build(w, workload_dir)
+    print(f"bench: workload in {workload_dir}; measuring the {a.dtype} matmul peak", flush=True)
+    peak = json.loads(subprocess.run([sys.executable, "-m", "minidpo.bench.peak", "--dtype", a.dtype, "--threads",
+                                      str(a.threads)], capture_output=True, text=True, check=True,
+                                     env=_env(a.threads)).stdout)["gflops"]
+
+    from minidpo.data import batch_plan
+
+    packed_lengths = [len(pp) + len(c) + len(r) for pp, c, r in generate_pairs(w)]  # minidpo's own plan
+    order = batch_plan(packed_lengths, s.batch_size, seed=s.seed, epoch=0)[:a.check_steps]
+    # a larger learning rate for the check, so that a mismatch shows in the losses within a few steps
+    check_settings = Settings(**{**asdict(s), "max_steps": a.check_steps, "learning_rate": 20 * s.learning_rate})
+    check = {}
+    for t in trainers:
+        print(f"bench: numerics check, {t}", flush=True)
+        check[t] = _worker(t, workload_dir, check_settings, os.path.join(a.out, f"check_{t}.json"),
+                           order=None if t.startswith("minidpo") else order)
+    tolerance = a.tolerance if a.tolerance is not None else (1e-4 if a.dtype == "fp32" else 2e-2)
+    problems = check_numerics(check, tolerance)
+
+    runs = {t: [] for t in trainers}
+    for rnd in range(a.rounds):
+        for t in trainers:
+            print(f"bench: round {rnd + 1}/{a.rounds}, {t}", flush=True)
+            runs[t].append(_worker(t, workload_dir, s, os.path.join(a.out, f"round{rnd}_{t}.json")))
+            r = runs[t][-1]
+            print(f"bench:   {r['pairs']} pairs in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+    from minidpo.bench.workload import pair_work
+
+    results = {t: summarise(t, rs, w, peak) for t, rs in runs.items()}
+    gpu = any("peak_gpu_gb" in x for rs in runs.values() for x in rs)
+    report = {"machine": _machine(a.threads), "peak_gflops": peak, "memory_kind": "GPU memory" if gpu else "RSS", "rounds": a.rounds, "workload": asdict(w),
+              "work": pair_work(w), "settings": asdict(s),
+              "check": {"steps": a.check_steps, "tolerance": tolerance, "problems": problems,
+                        "losses": {t: r["losses"] for t, r in check.items()}},
+              "results": results}
+    if "trl" in trainers:
+        for t, r in report["results"].items():
+            r["pairs_per_s_vs_trl"] = r["pairs_per_s"] / report["results"]["trl"]["pairs_per_s"]
+            r["peak_memory_vs_trl"] = r["peak_memory_gb"] / report["results"]["trl"]["peak_memory_gb"]
+    report["targets"] = targets(report["results"])
+    with open(os.path.join(a.out, "bench.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    text = markdown(report)
+    with open(os.path.join(a.out, "bench.md"), "w") as f:
+        f.write(text)
+    print(text)
+    if problems:
+        print("bench: the numerics check failed: " + "; ".join(problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

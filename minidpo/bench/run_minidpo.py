@@ -1,0 +1,36 @@
+"""minidpo in the bench: the real `minidpo.train.train` on a single-process DeepSpeed engine, with the
+reference log-probs precomputed (their pass is part of the measured time and never read from a cache)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from minidpo.bench.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0) -> dict:
+    import minidpo.reference
+    from minidpo.config import RunConfig
+    from minidpo.train import train
+
+    if order is not None:
+        raise ValueError("minidpo takes no forced order: the bench's common order is minidpo's own plan")
+    minidpo.reference.CACHE_DIR = tempfile.mkdtemp(prefix="ref_logps_", dir=out_dir)  # pay the pass every run
+    cfg = RunConfig(
+        model=paths["model"], data=paths["data"], output_dir=out_dir,
+        deepspeed=os.path.join(ROOT, "ds_configs", f"zero{zero_stage}.json"),  # one process: nothing to partition
+        beta=s.beta, loss_type="sigmoid", learning_rate=s.learning_rate, warmup_steps=0, min_lr_ratio=1.0,
+        weight_decay=0.0, batch_size=s.batch_size, max_grad_norm=s.max_grad_norm, dtype=s.dtype,
+        precompute_ref=True, shared_prompt=True, max_length=s.max_length, max_prompt_length=s.max_prompt_length,
+        seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
+        activation_checkpointing=activation_checkpointing)
+    summary = train(cfg)
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        losses = [json.loads(line)["loss"] for line in f]
+    trained = summary["trained"]
+    return {"seconds": summary["seconds"], "pairs": trained["pairs"], "steps": summary["steps"], "losses": losses,
+            "positions": trained["positions"], "real_positions": trained["real_positions"]}

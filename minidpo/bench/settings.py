@@ -1,0 +1,20 @@
+"""The training settings every trainer in the bench uses (the issue's workload: batch 4, beta 0.1,
+sigmoid loss, AdamW, clip 1.0, constant learning rate)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Settings:
+    dtype: str = "bf16"       # bf16 | fp32: bf16 is mixed precision everywhere (fp32 master weights)
+    threads: int = 2
+    batch_size: int = 4
+    beta: float = 0.1
+    learning_rate: float = 5e-5
+    max_grad_norm: float = 1.0
+    max_length: int = 512
+    max_prompt_length: int = 256
+    seed: int = 0
+    max_steps: int = -1       # -1: one epoch over the workload's pairs

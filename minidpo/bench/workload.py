@@ -1,0 +1,123 @@
+"""The bench's fixed, generated workload: a model folder and preference pairs with known token ids.
+
+Every trainer reads the same pairs as text, so each runs its own data pipeline; the tokenizer is a
+word-level one ("w17" is token 17) with a chat template that adds nothing but an EOS after each
+answer, so every pipeline must arrive at exactly the token ids generated here (checked by
+`check_tokenization`). Lengths follow a log-normal spread like real preference data: median prompt
+64 tokens, median answer 96, a long tail to 384, everything within max_length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import asdict, dataclass, field
+
+# MiniMind2-Small sizes (the issue's 26M model), a tiny one for tests, and a 0.5B-class one for GPUs.
+MODELS = {
+    "minimind-26m": dict(vocab_size=6400, hidden_size=512, num_hidden_layers=8, num_attention_heads=8,
+                         num_key_value_heads=2, intermediate_size=1408, tie_word_embeddings=True),
+    "tiny": dict(vocab_size=512, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
+    "qwen-0.5b": dict(vocab_size=32000, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                      num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True),
+}
+SPECIAL = ["<pad>", "<eos>", "<unk>"]
+PAD_ID, EOS_ID = 0, 1
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ m['content'] }} {% endif %}{% endfor %}"
+)
+
+
+@dataclass
+class Workload:
+    model: str = "minimind-26m"
+    pairs: int = 256
+    prompt_median: int = 64
+    response_median: int = 96
+    response_max: int = 384
+    max_length: int = 512
+    seed: int = 0
+    model_config: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown bench model {self.model!r}: choose one of {', '.join(MODELS)}")
+        self.model_config = dict(MODELS[self.model])
+
+
+def _lognormal(rng: random.Random, median: int, sigma: float, low: int, high: int) -> int:
+    return max(low, min(high, round(median * math.exp(rng.gauss(0.0, sigma)))))
+
+
+def generate_pairs(w: Workload) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt_ids, chosen_ids, rejected_ids) per pair; answers end with EOS; prompt + answer <= max_length."""
+    rng = random.Random(w.seed)
+    vocab = w.model_config["vocab_size"]
+    words = lambda n: [rng.randrange(len(SPECIAL), vocab) for _ in range(n)]  # noqa: E731
+    pairs = []
+    for _ in range(w.pairs):
+        p = _lognormal(rng, w.prompt_median, 0.45, 4, w.max_length // 2)
+        room = min(w.response_max, w.max_length - p)
+        c, r = (_lognormal(rng, w.response_median, 0.6, 2, room) for _ in range(2))
+        pairs.append((words(p), words(c - 1) + [EOS_ID], words(r - 1) + [EOS_ID]))
+    return pairs
+
+
+def _text(ids: list[int]) -> str:
+    return " ".join(f"w{i}" for i in ids if i != EOS_ID)
+
+
+def build(w: Workload, out_dir: str) -> dict:
+    """Write `model/` (random-init Llama + tokenizer) and `pairs.jsonl` into out_dir; reuse them when the
+    workload is unchanged. Returns the paths."""
+    model_dir, data = os.path.join(out_dir, "model"), os.path.join(out_dir, "pairs.jsonl")
+    stamp = os.path.join(out_dir, "workload.json")
+    if os.path.isfile(stamp) and json.load(open(stamp)) == asdict(w):
+        return {"model": model_dir, "data": data}
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    os.makedirs(out_dir, exist_ok=True)
+    vocab = w.model_config["vocab_size"]
+    words = {t: i for i, t in enumerate(SPECIAL)} | {f"w{i}": i for i in range(len(SPECIAL), vocab)}
+    core = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    tok.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(**w.model_config, max_position_embeddings=max(2048, w.max_length), rms_norm_eps=1e-6,
+                         pad_token_id=PAD_ID, eos_token_id=EOS_ID, bos_token_id=None)
+    torch.manual_seed(w.seed)
+    LlamaForCausalLM(config).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    with open(data, "w") as f:
+        for prompt, chosen, rejected in generate_pairs(w):
+            f.write(json.dumps({"prompt": _text(prompt), "chosen": _text(chosen), "rejected": _text(rejected)}) + "\n")
+    with open(stamp, "w") as f:
+        json.dump(asdict(w), f, indent=2)
+    return {"model": model_dir, "data": data}
+
+
+def check_tokenization(w: Workload, pairs) -> None:
+    """Raise unless `pairs` (objects or tuples of prompt/chosen/rejected ids) equal the generated ids."""
+    expected = generate_pairs(w)
+    got = [tuple(getattr(p, k) for k in ("prompt_ids", "chosen_ids", "rejected_ids")) if not isinstance(p, tuple)
+           else p for p in pairs]
+    got = [tuple(list(x) for x in p) for p in got]
+    if got != [tuple(p) for p in expected]:
+        bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != tuple(b)) if len(got) == len(expected) else -1
+        raise AssertionError(f"tokenized pairs differ from the generated ids (first at pair {bad}, "
+                             f"{len(got)} vs {len(expected)} pairs)")
+
+
+def pair_work(w: Workload) -> dict:
+    """Token counts of the workload: the useful tokens (prompt counted once per answer) and lengths."""
+    pairs = generate_pairs(w)
+    return {"useful_tokens": sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs),
+            "prompt_median": sorted(len(p) for p, _, _ in pairs)[len(pairs) // 2],
+            "response_median": sorted(len(c) for _, c, _ in pairs)[len(pairs) // 2],
+            "response_max": max(max(len(c), len(r)) for _, c, r in pairs)}

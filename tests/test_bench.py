@@ -1,0 +1,99 @@
+"""The bench: its workload and FLOP count by hand, its numerics check, and a real run of all three
+trainers (minidpo, TRL, the seed-style loop) at tiny settings. Speeds are the bench's business, not
+the tests': here only that it runs, counts right and that the three trainers agree."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from minidpo.bench.__main__ import check_numerics
+from minidpo.bench.flops import dpo_pair_flops, matmul_params, sequence_forward_flops
+from minidpo.bench.workload import EOS_ID, Workload, build, check_tokenization, generate_pairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_workload_lengths_follow_the_spec_and_are_deterministic():
+    w = Workload()
+    pairs = generate_pairs(w)
+    assert pairs == generate_pairs(Workload())
+    assert len(pairs) == 256
+    prompts = sorted(len(p) for p, _, _ in pairs)
+    answers = sorted(len(a) for _, c, r in pairs for a in (c, r))
+    assert 56 <= prompts[128] <= 72 and 84 <= answers[256] <= 108  # medians 64 and 96
+    assert max(answers) <= 384 and max(answers) >= 300  # a long tail
+    assert all(len(p) + max(len(c), len(r)) <= 512 for p, c, r in pairs)
+    assert all(c[-1] == EOS_ID and r[-1] == EOS_ID and EOS_ID not in p for p, c, r in pairs)
+    assert generate_pairs(Workload(pairs=16)) == pairs[:16]  # a smaller bench is a prefix of the full one
+
+
+def test_every_pipeline_sees_the_generated_token_ids(tmp_path):
+    """minidpo's data loader turns the workload's text back into exactly the generated ids."""
+    from transformers import AutoTokenizer
+
+    from minidpo.data import load_preference_data
+
+    w = Workload(model="tiny", pairs=12)
+    paths = build(w, str(tmp_path))
+    data = load_preference_data(paths["data"], AutoTokenizer.from_pretrained(paths["model"]), max_length=512,
+                                max_prompt_length=256, cache_dir=None)
+    check_tokenization(w, [data[i] for i in range(len(data))])
+    with pytest.raises(AssertionError, match="first at pair 3"):
+        wrong = [(p, c, r) for p, c, r in generate_pairs(w)]
+        wrong[3] = (wrong[3][0], wrong[3][1][1:], wrong[3][2])
+        check_tokenization(w, wrong)
+
+
+def test_flops_by_hand():
+    cfg = dict(vocab_size=100, hidden_size=8, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=16)
+    # per layer: q, o 8x8; k, v 8x4 (2 KV heads of size 2); MLP 3 x 8x16 -> 128 + 64 + 384 = 576; head 800
+    assert matmul_params(cfg) == 2 * 576 + 800
+    assert sequence_forward_flops(cfg, 10) == 2 * 1952 * 10 + 2 * 2 * 8 * 100
+    assert dpo_pair_flops(cfg, 3, 4, 7) == 4 * (sequence_forward_flops(cfg, 7) + sequence_forward_flops(cfg, 10))
+
+
+def test_numerics_check_names_the_trainer_and_step():
+    ln2 = math.log(2)
+    good = {"minidpo": {"losses": [ln2, 0.60]}, "trl": {"losses": [ln2, 0.6001]}}
+    assert check_numerics(good, 1e-3) == []
+    bad = {"minidpo": {"losses": [ln2, 0.60]}, "trl": {"losses": [0.7, 0.65]}}
+    problems = check_numerics(bad, 1e-3)
+    assert any("trl: step-0 loss 0.70000 is not ln 2" in p for p in problems)
+    assert any("trl: step-1 loss 0.65000 differs from minidpo's 0.60000" in p for p in problems)
+
+
+@pytest.mark.slow
+def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "minidpo.bench", "--model", "tiny", "--pairs", "16", "--rounds", "1",
+           "--threads", "1", "--dtype", "fp32", "--check-steps", "2", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["check"]["problems"] == []
+    for losses in report["check"]["losses"].values():
+        assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
+        assert losses[1] == pytest.approx(report["check"]["losses"]["minidpo"][1], abs=1e-4)
+    r = report["results"]
+    assert set(r) == {"minidpo", "trl", "naive"}
+    for row in r.values():
+        assert row["pairs"] == 16 and row["pairs_per_s"] > 0 and 0 < row["mfu"] < 2 and row["peak_rss_gb"] > 0.1
+    # padding: the seed-style loop pads every pair to max_length, TRL to the batch's longest, minidpo packs
+    assert r["naive"]["computed_positions"] == 16 * 2 * 512
+    assert r["naive"]["padding_fraction"] > r["trl"]["padding_fraction"] > r["minidpo"]["padding_fraction"]
+    assert r["trl"]["pairs_per_s_vs_trl"] == 1.0
+    table = (out / "bench.md").read_text()
+    assert "| minidpo |" in table and "| TRL DPOTrainer |" in table and "peak RSS" in table and "losses agree" in table
+
+
+def test_bench_refuses_unknown_trainers(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "minidpo.bench", "--trainers", "minidpo,axolotl",
+                           "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown ['axolotl']" in done.stderr
