@@ -101,6 +101,17 @@ def load_tokenizers(sft_dir, dpo_dir):
     return tok
 
 
+def trained_beta(dpo_dir, default: float = 0.1) -> float:
+    """The beta a DPO export was trained with: `run_config.json` of its run folder (the export's
+    parent, as the trainer writes them), else `default`."""
+    path = Path(dpo_dir).parent / "run_config.json"
+    try:
+        beta = json.loads(path.read_text(encoding="utf-8"))["run"]["beta"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+    return float(beta) if isinstance(beta, (int, float)) and beta > 0 else default
+
+
 # ------------------------------------------------------------------------------------------ scoring
 @torch.no_grad()
 def score_rows(model, rows: list[tuple[list[int], list[int]]], pad_id: int, *, batch_size: int = 32,
@@ -294,7 +305,7 @@ def evaluate(
     heldout_path,
     out_dir,
     *,
-    beta: float = 0.1,
+    beta: float | None = None,
     n_generate: int | None = 160,
     max_new_tokens: int = 160,
     seed: int = 0,
@@ -316,7 +327,8 @@ def evaluate(
         sft_dir, dpo_dir: Hugging Face folders (model + tokenizer) of the SFT model and the DPO model.
         heldout_path: JSONL of {prompt, chosen, rejected[, axis, lang, meta]} records.
         out_dir: where eval.json, eval.md and the TensorBoard events go (created if needed).
-        beta: the beta the DPO model was trained with (scales the implicit rewards).
+        beta: the beta the DPO model was trained with (scales the implicit rewards); None reads it
+            from the run's `run_config.json` next to `dpo_dir` (`trained_beta`), else 0.1.
         n_generate: held-out records to sample answers for (stratified over axis x language, so the
             default 160 is 20 per axis and language on the demo data; None = every record, 0 = skip).
         max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed: sampling settings for
@@ -330,6 +342,8 @@ def evaluate(
     from minidpo.data import ChatEncoder
     from minidpo.generation import decode_answer, generate_ids, prompt_ids_for
 
+    if beta is None:
+        beta = trained_beta(dpo_dir)
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     t0 = time.time()
@@ -440,7 +454,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--dpo", required=True, help="DPO model folder (Hugging Face format, with tokenizer)")
     ap.add_argument("--data", required=True, help="held-out JSONL, e.g. data/demo/heldout.jsonl")
     ap.add_argument("--out", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
-    ap.add_argument("--beta", type=float, default=0.1, help="the beta the DPO model was trained with")
+    ap.add_argument("--beta", type=float, default=None,
+                    help="the beta the DPO model was trained with (default: from the run's run_config.json "
+                         "next to --dpo, else 0.1)")
     ap.add_argument("--n-generate", type=int, default=160,
                     help="held-out records to answer and judge, stratified over axis x language (-1: all; 0: skip)")
     ap.add_argument("--max-new-tokens", type=int, default=160)

@@ -105,3 +105,15 @@ def test_clear_errors(tiny_model_dir, heldout, tmp_path):
         evaluate(tiny_model_dir, tiny_model_dir, bad, tmp_path / "y")
     with pytest.raises(ValueError, match="beta"):
         evaluate(tiny_model_dir, tiny_model_dir, heldout, tmp_path / "z", beta=0.0)
+
+
+def test_beta_from_the_dpo_run_config(tmp_path):
+    from minidpo.evaluate import trained_beta
+
+    export = tmp_path / "run" / "export"
+    export.mkdir(parents=True)
+    assert trained_beta(export) == 0.1  # no run_config.json: the trainer's default
+    (tmp_path / "run" / "run_config.json").write_text(json.dumps({"run": {"beta": 0.5}}))
+    assert trained_beta(export) == 0.5
+    (tmp_path / "run" / "run_config.json").write_text("{not json")
+    assert trained_beta(export, default=0.2) == 0.2
