@@ -47,6 +47,8 @@ LANGUAGE = [
     ("zh", "伦敦（London）是一座有名的城市。", True),
     ("zh", "The cat is an animal that many people know.", False),
     ("zh", "The cat 是 an animal that many people know.", False),  # mostly English
+    ("en", "I'm sorry, but I can't help with that.", False),  # the right language, but no answer
+    ("zh", "抱歉，我不能帮你做这件事。", False),
 ]
 
 ARITHMETIC = [

@@ -7,7 +7,8 @@
     structure   at least 3 numbered points "1. ... 2. ... 3. ..." (each at the start of a line, numbered
                 1, 2, 3 ... in order, each with some text), in the question's language.
     language    the answer's script matches the question's language: share of CJK characters among
-                letters >= 0.5 for zh, <= 0.2 for en (and the answer has some letters at all).
+                letters >= 0.5 for zh, <= 0.2 for en (and the answer has some letters at all); and it
+                answers: a refusal of a harmless question is not the preferred behaviour.
     arithmetic  the correct result appears after "=" / "is" / "等于" / "答案是" (every such claim is
                 correct), and the answer contains no number other than the operands and the result.
 
@@ -97,7 +98,7 @@ def judge(axis: str, prompt: str, answer: str, lang: str, meta: dict | None = No
     if axis == "structure":
         return is_structured(answer) and detect_lang(answer) == lang
     if axis == "language":
-        return detect_lang(answer) == lang
+        return detect_lang(answer) == lang and not is_refusal(answer)
     if axis == "arithmetic":
         return arithmetic_ok(prompt, answer, meta)
     raise ValueError(f"unknown judge axis {axis!r}: choose one of {', '.join(JUDGED_AXES)}")
