@@ -16,23 +16,63 @@ from minidpo.data.collate import CHOSEN, PADDING, REJECTED
 REDUCTIONS = ("sum", "mean")
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, rows_per_chunk: int = 4) -> torch.Tensor:
-    """log softmax(logits)[target] for every position, without a full-vocabulary log_softmax tensor.
+CHUNK_ELEMENTS = 1 << 24  # float32 elements of logits handled at once (64 MB)
+
+
+class _PickedLogprobs(torch.autograd.Function):
+    """log softmax(logits[n, source[n, j]])[target[n, j]] for every (n, j).
+
+    Autograd's own version keeps float32 copies of the logits for the backward and builds several
+    logits-sized temporaries there (a softmax, a scatter of the picked entries, their sum). Here the
+    forward keeps only the logits and their (N, T) logsumexp, and the backward writes the gradient,
+    softmax and all, chunk by chunk into one logits-sized tensor. A position may predict several
+    targets (in packed rows the prompt's last token predicts both answers' first tokens).
+    """
+
+    @staticmethod
+    def forward(ctx, logits, source, targets):
+        N, T, V = logits.shape
+        flat = logits.reshape(N * T, V)
+        step = max(1, CHUNK_ELEMENTS // V)
+        lse = torch.cat([torch.logsumexp(flat[s:s + step].float(), dim=-1) for s in range(0, N * T, step)])
+        index = source + torch.arange(N, device=logits.device)[:, None] * T  # (N, J) rows of `flat`
+        picked = flat[index, targets].float()
+        ctx.save_for_backward(logits, lse, index, targets)
+        return picked - lse[index]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, lse, index, targets = ctx.saved_tensors
+        N, T, V = logits.shape
+        g = grad_out.float()
+        weight = torch.zeros_like(lse).index_add_(0, index.flatten(), g.flatten())  # summed per predicting row
+        grad = torch.empty_like(logits).reshape(N * T, V)
+        flat = logits.reshape(N * T, V)
+        rows, cols, values = index.flatten(), targets.flatten(), g.flatten()
+        step = max(1, CHUNK_ELEMENTS // V)
+        for s in range(0, N * T, step):
+            part = (flat[s:s + step].float() - lse[s:s + step, None]).exp_().mul_(-weight[s:s + step, None])
+            here = (rows >= s) & (rows < s + step)
+            part.index_put_((rows[here] - s, cols[here]), values[here], accumulate=True)
+            grad[s:s + step] = part
+        return grad.reshape(N, T, V), None, None
+
+
+def picked_logprobs(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N, J) float32 log-probabilities of `targets` under the logits at positions `source`.
 
     Args:
-        logits: (N, T, V), any float dtype. targets: (N, T) token ids.
-    Returns:
-        (N, T) float32.
-
-    log p(target) = logit[target] - logsumexp(logit). Working a few rows at a time bounds the float32
-    copy of the logits (the largest tensor of a DPO step on small models) to `rows_per_chunk` rows.
+        logits: (N, T, V), any float dtype. source, targets: (N, J) positions in [0, T) and token ids.
+    Never materialises a full-vocabulary log_softmax, nor float32 copies of the logits beyond one chunk.
     """
-    out = []
-    for lg, tg in zip(logits.split(rows_per_chunk), targets.split(rows_per_chunk)):
-        lg = lg.float()
-        picked = lg.gather(-1, tg.unsqueeze(-1)).squeeze(-1)
-        out.append(picked - torch.logsumexp(lg, dim=-1))
-    return torch.cat(out)
+    return _PickedLogprobs.apply(logits, source, targets)
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] at every position: logits (N, T, V), targets (N, T) -> (N, T) float32."""
+    N, T, _ = logits.shape
+    source = torch.arange(T, device=logits.device).expand(N, T)
+    return picked_logprobs(logits, source, targets)
 
 
 def sequence_logprobs(
@@ -133,11 +173,7 @@ def packed_logps(model, batch: dict, reduction: str):
     else:
         first = 0
     logits = model(**kwargs).logits  # positions first..T-1
-    rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None]
-    src = (source - first).clamp(min=0)
-    picked = logits[rows, src, input_ids].float()  # logit of each answer token at its predicting position
-    lse = torch.cat([torch.logsumexp(chunk.float(), dim=-1) for chunk in logits.split(4)])
-    per_token = picked - lse.gather(1, src)
+    per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids)
     logps, n_tokens = [], []
     for segment in (CHOSEN, REJECTED):
         mask = (segments == segment).float()

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from minidpo.logprobs import sequence_logprobs, token_logprobs
+import minidpo.logprobs
+from minidpo.logprobs import picked_logprobs, sequence_logprobs, token_logprobs
 
 
 def test_token_logprobs_equal_full_log_softmax():
@@ -11,7 +12,7 @@ def test_token_logprobs_equal_full_log_softmax():
     logits = torch.randn(5, 7, 11)
     targets = torch.randint(0, 11, (5, 7))
     expected = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(token_logprobs(logits, targets, rows_per_chunk=2), expected, atol=1e-6)
+    assert torch.allclose(token_logprobs(logits, targets), expected, atol=1e-6)
 
 
 def test_only_response_tokens_count_and_each_is_predicted_from_the_previous_position():
@@ -47,3 +48,29 @@ def test_bf16_logits_are_reduced_in_float32():
 def test_unknown_reduction():
     with pytest.raises(ValueError, match="unknown log-prob reduction 'max'"):
         sequence_logprobs(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), torch.ones(1, 2), reduction="max")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_picked_logprobs_values_and_gradients_equal_autograd(monkeypatch, dtype):
+    """Against log_softmax + gather in float64, with a position that predicts two targets (as the
+    prompt's last token does in packed rows) and chunks that split the rows."""
+    monkeypatch.setattr(minidpo.logprobs, "CHUNK_ELEMENTS", 3 * 11)  # 3 positions per chunk
+    torch.manual_seed(2)
+    logits = torch.randn(2, 5, 11).to(dtype)
+    source = torch.tensor([[0, 1, 1, 3], [4, 2, 2, 0]])
+    targets = torch.randint(0, 11, (2, 4))
+    weights = torch.randn(2, 4)
+
+    ours = logits.clone().requires_grad_()
+    out = picked_logprobs(ours, source, targets)
+    (out * weights).sum().backward()
+
+    ref = logits.double().requires_grad_()
+    lp = torch.log_softmax(ref, -1)
+    expected = lp[torch.arange(2)[:, None], source, targets]
+    (expected * weights.double()).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    assert out.dtype == torch.float32
+    assert torch.allclose(out.double(), expected.detach(), atol=tol)
+    assert ours.grad.dtype == dtype
+    assert torch.allclose(ours.grad.double(), ref.grad, atol=tol)
