@@ -26,7 +26,9 @@ from dataclasses import asdict
 
 from minidpo.bench.flops import dpo_pair_flops
 from minidpo.bench.settings import Settings
-from minidpo.bench.workload import MODELS, Workload, build, generate_pairs
+from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work
+from minidpo.data import TokenizedPair, batch_plan
+from minidpo.data.collate import padded_length
 
 TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")
 DEFAULT_TRAINERS = "minidpo,trl,naive"
@@ -58,21 +60,30 @@ def _worker(trainer: str, workload_dir: str, s: Settings, out: str, order=None) 
         return json.load(f)
 
 
-def _machine(threads: int) -> str:
-    try:
-        import torch
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    cpu = platform.processor() or platform.machine()
+def _cpuinfo() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            info = f.read()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        cpu += "" if "avx512_bf16" in info or "amx_bf16" in info else " (no avx512_bf16/amx)"
-    except (OSError, StopIteration):
-        pass
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _has_bf16_units() -> bool:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return any(flag in _cpuinfo() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def _machine(threads: int) -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    names = [line.split(":", 1)[1].strip() for line in _cpuinfo().splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else (platform.processor() or platform.machine())
+    cpu += "" if _has_bf16_units() else " (no avx512_bf16/amx)"
     return f"{cpu}, {os.cpu_count()} cores, {threads} threads"
 
 
@@ -157,7 +168,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="minimind-26m", choices=list(MODELS))
     p.add_argument("--pairs", type=int, default=256)
-    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has bf16 units (GPU, AVX512-bf16/AMX CPU), else fp32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--check-steps", type=int, default=3)
@@ -178,18 +190,17 @@ def main(argv=None) -> int:
                     "or leave it out with --trainers minidpo,naive")
     os.makedirs(a.out, exist_ok=True)
     w = Workload(model=a.model, pairs=a.pairs)
-    s = Settings(dtype=a.dtype, threads=a.threads)
+    dtype = a.dtype if a.dtype != "auto" else ("bf16" if _has_bf16_units() else "fp32")
+    s = Settings(dtype=dtype, threads=a.threads)
     workload_dir = os.path.join(a.out, f"workload-{a.model}-{a.pairs}")
     build(w, workload_dir)
-    print(f"bench: workload in {workload_dir}; measuring the {a.dtype} matmul peak", flush=True)
-    peak = json.loads(subprocess.run([sys.executable, "-m", "minidpo.bench.peak", "--dtype", a.dtype, "--threads",
+    print(f"bench: workload in {workload_dir}; {dtype}; measuring the {dtype} matmul peak", flush=True)
+    peak = json.loads(subprocess.run([sys.executable, "-m", "minidpo.bench.peak", "--dtype", dtype, "--threads",
                                       str(a.threads)], capture_output=True, text=True, check=True,
                                      env=_env(a.threads)).stdout)["gflops"]
 
-    from minidpo.data import batch_plan
-
-    packed_lengths = [len(pp) + len(c) + len(r) for pp, c, r in generate_pairs(w)]  # minidpo's own plan
-    order = batch_plan(packed_lengths, s.batch_size, seed=s.seed, epoch=0)[:a.check_steps]
+    lengths = [padded_length(TokenizedPair(*pair), packed=True) for pair in generate_pairs(w)]
+    order = batch_plan(lengths, s.batch_size, seed=s.seed, epoch=0)[:a.check_steps]  # minidpo's own first batches
     # a larger learning rate for the check, so that a mismatch shows in the losses within a few steps
     check_settings = Settings(**{**asdict(s), "max_steps": a.check_steps, "learning_rate": 20 * s.learning_rate})
     check = {}
@@ -197,7 +208,7 @@ def main(argv=None) -> int:
         print(f"bench: numerics check, {t}", flush=True)
         check[t] = _worker(t, workload_dir, check_settings, os.path.join(a.out, f"check_{t}.json"),
                            order=None if t.startswith("minidpo") else order)
-    tolerance = a.tolerance if a.tolerance is not None else (1e-4 if a.dtype == "fp32" else 2e-2)
+    tolerance = a.tolerance if a.tolerance is not None else (1e-4 if dtype == "fp32" else 2e-2)
     problems = check_numerics(check, tolerance)
 
     runs = {t: [] for t in trainers}
@@ -207,12 +218,10 @@ def main(argv=None) -> int:
             runs[t].append(_worker(t, workload_dir, s, os.path.join(a.out, f"round{rnd}_{t}.json")))
             r = runs[t][-1]
             print(f"bench:   {r['pairs']} pairs in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
-    from minidpo.bench.workload import pair_work
-
     results = {t: summarise(t, rs, w, peak) for t, rs in runs.items()}
     gpu = any("peak_gpu_gb" in x for rs in runs.values() for x in rs)
-    report = {"machine": _machine(a.threads), "peak_gflops": peak, "memory_kind": "GPU memory" if gpu else "RSS", "rounds": a.rounds, "workload": asdict(w),
-              "work": pair_work(w), "settings": asdict(s),
+    report = {"machine": _machine(a.threads), "peak_gflops": peak, "memory_kind": "GPU memory" if gpu else "RSS",
+              "rounds": a.rounds, "workload": asdict(w), "work": pair_work(w), "settings": asdict(s),
               "check": {"steps": a.check_steps, "tolerance": tolerance, "problems": problems,
                         "losses": {t: r["losses"] for t, r in check.items()}},
               "results": results}
