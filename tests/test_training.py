@@ -64,6 +64,7 @@ def test_zero_stages_give_the_same_loss_curve(tmp_path, tiny_model_dir, pairs_fi
         for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
                     "learning_rate", "grad_norm", "perf/tokens_per_s", "memory/peak_gb"):
             assert all(math.isfinite(r[key]) for r in rows), key
+        assert all(0.0 <= r["perf/padding"] < 0.5 for r in rows)
     assert curves[2][-1] < curves[2][0] - 0.01  # it learns
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -227,6 +228,10 @@ def test_shared_prompt_forward_trains_like_two_sequences(tmp_path, tiny_model_di
     assert "shared-prompt forward off" not in capsys.readouterr().out
     for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "grad_norm"):
         assert [r[key] for r in packed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
+    totals = {name: json.loads((tmp_path / name / "summary.json").read_text())["trained"] for name in ("plain", "packed")}
+    assert totals["packed"]["pairs"] == totals["plain"]["pairs"] == 8
+    assert totals["packed"]["tokens"] == totals["plain"]["tokens"]  # the same work...
+    assert totals["packed"]["real_positions"] < totals["plain"]["real_positions"]  # ...the prompt computed once
 
 
 def test_activation_checkpointing_changes_memory_not_numbers(tmp_path, tiny_model_dir, pairs_file):
