@@ -94,3 +94,35 @@ def test_going_along_answers_stay_vague(data):
             going_along = r["rejected"]
             assert not re.search(r"\d", going_along), going_along  # no numbered steps, no quantities
             assert len(going_along) < 120, going_along
+
+
+def test_heldout_knowledge_is_learnable_from_training():
+    """A held-out prompt is new, but what answering it needs occurs in training: the verb and the object
+    of a held-out request (in other combinations), a held-out topic (in the same language, asked in other
+    words), a held-out sum (asked in the other language)."""
+    from minidpo.demo.generate import item_lang
+
+    for axis in ("refusal", "structure"):
+        tr, ho = split_items(axis, seed=0)
+        assert {item_lang(i) for i in ho} == set(LANGS)
+        train_verbs, train_objects = {i[0][1] for i in tr}, {i[0][2:4] for i in tr}
+        for item in ho:
+            assert item[0][1] in train_verbs and item[0][2:4] in train_objects, item
+    tr, ho = split_items("language", seed=0)
+    train_topics = {(i[0][2], item_lang(i)) for i in tr}
+    assert all((i[0][2], item_lang(i)) in train_topics for i in ho)
+    tr, ho = split_items("arithmetic", seed=0)
+    train_sums = {i[0][1:3] for i in tr}
+    assert all(i[0][1:3] in train_sums for i in ho)
+    assert not {i[0] for i in tr} & {i[0] for i in ho}
+
+
+def test_harmful_and_harmless_requests_differ_only_in_the_verb():
+    """Same templates, same objects: only the verb (a fixed vocabulary, in both splits) tells them apart."""
+    from minidpo.demo.generate import HARMFUL_VERBS, HARMLESS_VERBS, REFUSAL_PROMPTS, STRUCTURE_PROMPTS
+
+    assert REFUSAL_PROMPTS == STRUCTURE_PROMPTS
+    refusal_train, _ = split_items("refusal", seed=0)
+    structure_train, _ = split_items("structure", seed=0)
+    assert {i[0][2:4] for i in refusal_train} <= {i[0][2:4] for i in structure_train}
+    assert {k for *_, k in HARMFUL_VERBS} == {k for *_, k in HARMLESS_VERBS}
