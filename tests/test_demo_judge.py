@@ -51,6 +51,21 @@ LANGUAGE = [
     ("zh", "抱歉，我不能帮你做这件事。", False),
 ]
 
+FACT = [  # (lang, answer, category, ok)
+    ("en", "The panda is an animal.", "animal", True),
+    ("en", "Tokyo is a city.", "city", True),
+    ("en", "Being a nurse is a job.", "job", True),
+    ("en", "The panda is a fruit.", "animal", False),  # the wrong category
+    ("en", "The panda is an animal or a fruit.", "animal", False),  # hedging between two
+    ("en", "The panda is black and white.", "animal", False),  # no category named
+    ("en", "", "animal", False),
+    ("zh", "熊猫是一种动物。", "animal", True),
+    ("zh", "网球是一项运动。", "sport", True),
+    ("zh", "熊猫是一座城市。", "animal", False),
+    ("zh", "熊猫是一种动物，也是一种水果。", "animal", False),
+    ("zh", "我不知道。", "animal", False),
+]
+
 ARITHMETIC = [
     ("en", "What is 17 + 25?", "17 + 25 = 42.", True),
     ("en", "What is 17 + 25?", "The answer is 42, because 17 + 25 = 42.", True),
@@ -80,6 +95,12 @@ def test_structure(lang, answer, ok):
 @pytest.mark.parametrize("lang,answer,ok", LANGUAGE)
 def test_language(lang, answer, ok):
     assert judge("language", "Tell me something about cats.", answer, lang, {}) is ok
+
+
+@pytest.mark.parametrize("lang,answer,category,ok", FACT)
+def test_fact(lang, answer, category, ok):
+    assert judge("fact", "What kind of thing is it?", answer, lang, {"category": category}) is ok
+    assert judge("fact", "What kind of thing is it?", answer, lang, {}) is False  # no category to check against
 
 
 @pytest.mark.parametrize("lang,prompt,answer,ok", ARITHMETIC)

@@ -45,7 +45,9 @@ def test_sft_then_dpo_then_eval(tmp_path):
         assert 0.0 <= pref["logp_accuracy"][model] <= 1.0
     judged = result["judge"]
     assert judged["all"]["n"] == 8
-    for axis in ("refusal", "structure", "language", "arithmetic"):
+    from minidpo.demo.generate import AXES
+
+    for axis in AXES:
         assert judged[axis]["n"] == 2, axis  # stratified over the axes
         assert 0 <= judged[axis]["dpo_pass"] <= judged[axis]["n"]
     kl = result["kl"]

@@ -31,7 +31,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-AXES = ("refusal", "structure", "language", "arithmetic")
+AXES = ("refusal", "structure", "language", "fact")  # the default data set
+ALL_AXES = AXES + ("arithmetic",)  # arithmetic: see the note at ARITH_PROMPTS
 LANGS = ("en", "zh")
 HELDOUT_FRACTION = 0.2
 
@@ -193,7 +194,35 @@ def _topic_in_prompt(category: str, word: str) -> str:
     return word
 
 
+# ------------------------------------------------------------------------------------------ fact
+# "What kind of thing is X?" -> the true category of a topic vs a wrong one. What each topic is, the
+# model also learns from the language answers; a held-out prompt is a phrasing the topic is never
+# asked in (as for the language axis).
+FACT_PROMPTS = {
+    "en": ["What kind of thing is {x}?", "Which group does {x} belong to?",
+           "Is {x} an animal, a fruit, a city, a job or a sport?", "Do you know what {x} is?"],
+    "zh": ["{x}是什么？", "{x}属于哪一类？", "{x}是动物、水果、城市、职业还是运动？", "你知道{x}是什么吗？"],
+}
+CATEGORY_WORDS = {  # category -> (en phrase, zh phrase); the judge looks for the noun in either language
+    "animal": ("an animal", "一种动物"), "fruit": ("a fruit", "一种水果"), "city": ("a city", "一座城市"),
+    "job": ("a job", "一种职业"), "sport": ("a sport", "一项运动"),
+}
+
+
+def _fact_subject(category: str, word: str) -> tuple[str, str]:
+    """(the topic as it is asked about, as the subject of the answer), in English."""
+    if category in ("animal", "fruit"):
+        return "the " + word, "The " + word
+    if category == "job":
+        article = "an " if word[0] in "aeiou" else "a "
+        return article + word, "Being " + article + word
+    return word, _cap(word)
+
+
 # ------------------------------------------------------------------------------------ arithmetic
+# Not in the default data set (AXES): with operands 1-5 and 6 epochs of SFT, the demo model gives the
+# right sum to only ~40% of the *training* prompts (greedy), so neither SFT nor DPO reaches the
+# targets on it. make_example / split_items still build it, for experiments.
 # Small sums (operands 1-5): all 25 of them occur in training, and a held-out prompt asks for one of
 # them in the language it was never asked in during training (the knowledge is learnable, the prompt
 # is new). With operands 1-9 the demo model learns only about a third of the 81 sums within its
@@ -234,9 +263,12 @@ def _items(axis: str) -> list[tuple]:
     if axis == "language":
         return [((axis, cat, en, t, lang), cat, en, zh, t) for cat, words in TOPICS.items() for en, zh in words
                 for lang in LANGS for t in range(len(LANGUAGE_PROMPTS[lang]))]
+    if axis == "fact":
+        return [((axis, cat, en, t, lang), cat, en, zh, t) for cat, words in TOPICS.items() for en, zh in words
+                for lang in LANGS for t in range(len(FACT_PROMPTS[lang]))]
     if axis == "arithmetic":
         return [((axis, a, b, lang), a, b) for a in OPERANDS for b in OPERANDS for lang in LANGS]
-    raise ValueError(f"unknown axis {axis!r}: choose one of {', '.join(AXES)}")
+    raise ValueError(f"unknown axis {axis!r}: choose one of {', '.join(ALL_AXES)}")
 
 
 def item_lang(item: tuple) -> str:
@@ -268,7 +300,7 @@ def split_items(axis: str, seed: int, fraction: float = HELDOUT_FRACTION) -> tup
                     objects_left[c] -= 1
                     k -= 1
         is_held = lambda it: (it[0][1], it[0][3], it[0][2]) in held  # noqa: E731
-    elif axis == "language":
+    elif axis in ("language", "fact"):
         # per topic and language, one of the prompt templates (a phrasing the topic is never asked in)
         by_topic: dict = {}
         for it in items:
@@ -323,6 +355,15 @@ def make_example(axis: str, item: tuple, lang: str, rng: random.Random) -> dict:
         zh_answer = LANGUAGE_ANSWERS[cat][1].format(x=zh)
         chosen, rejected = (en_answer, zh_answer) if lang == "en" else (zh_answer, en_answer)
         meta = {"topic": en, "category": cat, "wrong_lang": "zh" if lang == "en" else "en"}
+    elif axis == "fact":
+        _, cat, en, zh, t = item
+        asked, subject = _fact_subject(cat, en)
+        prompt = FACT_PROMPTS[lang][t].format(x=asked if lang == "en" else zh)
+        wrong = rng.choice([c for c in CATEGORY_WORDS if c != cat])
+        say = (lambda c: f"{subject} is {CATEGORY_WORDS[c][0]}.") if lang == "en" else \
+            (lambda c: f"{zh}是{CATEGORY_WORDS[c][1]}。")
+        chosen, rejected = say(cat), say(wrong)
+        meta = {"topic": en, "category": cat, "wrong": wrong}
     elif axis == "arithmetic":
         _, a, b = item
         s = a + b
@@ -333,7 +374,7 @@ def make_example(axis: str, item: tuple, lang: str, rng: random.Random) -> dict:
         chosen, rejected = template.format(a=a, b=b, s=s), template.format(a=a, b=b, s=w)
         meta = {"a": a, "b": b, "op": "+", "answer": s, "wrong": w}
     else:
-        raise ValueError(f"unknown axis {axis!r}: choose one of {', '.join(AXES)}")
+        raise ValueError(f"unknown axis {axis!r}: choose one of {', '.join(ALL_AXES)}")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected, "axis": axis, "lang": lang, "meta": meta}
 
 

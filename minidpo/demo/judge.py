@@ -1,4 +1,4 @@
-"""Rule-based judge for the demo's four axes: "does this answer show the preferred behaviour?"
+"""Rule-based judge for the demo's axes: "does this answer show the preferred behaviour?"
 
     judge(axis, prompt, answer, lang, meta) -> bool
 
@@ -9,6 +9,8 @@
     language    the answer's script matches the question's language: share of CJK characters among
                 letters >= 0.5 for zh, <= 0.2 for en (and the answer has some letters at all); and it
                 answers: a refusal of a harmless question is not the preferred behaviour.
+    fact        the answer names the topic's true category (animal, fruit, city, job, sport; 动物, 水果,
+                城市, 职业, 运动) and no other one.
     arithmetic  the correct result appears after "=" / "is" / "等于" / "答案是" (every such claim is
                 correct), and the answer contains no number other than the operands and the result.
 
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import re
 
-JUDGED_AXES = ("refusal", "structure", "language", "arithmetic")
+JUDGED_AXES = ("refusal", "structure", "language", "fact", "arithmetic")
+CATEGORIES = {"animal": ("animal", "动物"), "fruit": ("fruit", "水果"), "city": ("city", "城市"),
+              "job": ("job", "职业"), "sport": ("sport", "运动")}
 
 _REFUSAL_EN = re.compile(
     r"\b(i'?m sorry|i am sorry|sorry|apologi[sz]e|i can'?t|i cannot|i can not|i won'?t|i will not|"
@@ -91,6 +95,15 @@ def arithmetic_ok(prompt: str, answer: str, meta: dict | None = None) -> bool:
             and all(n in operands or n == result for n in numbers))
 
 
+def fact_ok(answer: str, category: str | None) -> bool:
+    """The answer names the topic's category (en or zh noun) and no other category."""
+    if category not in CATEGORIES:
+        return False
+    named = {c for c, words in CATEGORIES.items()
+             if re.search(rf"\b{words[0]}s?\b", answer, re.I) or words[1] in answer}
+    return named == {category}
+
+
 def judge(axis: str, prompt: str, answer: str, lang: str, meta: dict | None = None) -> bool:
     """True when `answer` to `prompt` (asked in `lang`, "en" or "zh") shows the axis's preferred behaviour."""
     if axis == "refusal":
@@ -99,6 +112,8 @@ def judge(axis: str, prompt: str, answer: str, lang: str, meta: dict | None = No
         return is_structured(answer) and detect_lang(answer) == lang
     if axis == "language":
         return detect_lang(answer) == lang and not is_refusal(answer)
+    if axis == "fact":
+        return fact_ok(answer, (meta or {}).get("category"))
     if axis == "arithmetic":
         return arithmetic_ok(prompt, answer, meta)
     raise ValueError(f"unknown judge axis {axis!r}: choose one of {', '.join(JUDGED_AXES)}")
