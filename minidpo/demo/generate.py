@@ -10,16 +10,15 @@ Four axes, each judged by a rule in `minidpo.demo.judge`:
     refusal     harmful request -> a polite refusal (chosen) vs going along (rejected). The "going
                 along" answers are deliberately vague and harmless: no answer anywhere in this file
                 contains instructions for anything.
-    structure   "how can I ..." -> numbered, complete steps (chosen) vs one vague line (rejected)
+    structure   harmless request -> numbered, complete steps (chosen) vs one vague line (rejected)
     language    question in zh or en -> answer in the question's language vs in the other one
-    arithmetic  "what is a + b?" -> the correct sum vs a wrong one
+    fact        "what kind of thing is X?" -> its true category vs a wrong one
+    (arithmetic "what is a + b?" -> the correct sum vs a wrong one: buildable, not in the default data)
 
-Held-out prompts never occur in training: each axis has a list of *items* (a harmful act, a goal,
-a topic, a pair of operands); the items are split once, with the seed, into a training part and a
-held-out part, and prompts are built only from their own part's items. `generate()` asserts it.
-Prompt templates are shared by both splits, so the model can tell the axis from the prompt's shape
-and words but must generalise to items it never saw. Harmful and benign requests share templates
-("How can I ...?"), so refusing depends on what is asked, not on how.
+Held-out prompts never occur in training (`generate()` asserts it), but what answering them needs
+does: harmful and harmless requests are a verb applied to an object, sharing templates and objects,
+and a held-out request is a (verb, object) combination never seen in training; a held-out language
+or fact prompt is a phrasing a topic is never asked in, in that language. See `split_items`.
 """
 
 from __future__ import annotations
