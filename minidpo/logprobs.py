@@ -16,7 +16,7 @@ from minidpo.data.collate import CHOSEN, PADDING, REJECTED
 REDUCTIONS = ("sum", "mean")
 
 
-CHUNK_ELEMENTS = 1 << 24  # float32 elements of logits handled at once (64 MB)
+CHUNK_ELEMENTS = 1 << 22  # float32 elements of logits handled at once (16 MB)
 
 
 class _PickedLogprobs(torch.autograd.Function):
@@ -56,6 +56,48 @@ class _PickedLogprobs(torch.autograd.Function):
             part.index_put_((rows[here] - s, cols[here]), values[here], accumulate=True)
             grad[s:s + step] = part
         return grad.reshape(N, T, V), None, None
+
+
+class _HeadLogprobs(torch.autograd.Function):
+    """`picked_logprobs` of `hidden @ weight.T` without ever holding those logits: the LM head is applied
+    chunk by chunk to just the positions that predict a target, in the forward for the logsumexp and
+    again in the backward for the softmax. Keeps the final hidden states (which the model's backward
+    needs anyway) and one float per predicting position."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, source, targets):
+        N, T, H = hidden.shape
+        rows = (source + torch.arange(N, device=hidden.device)[:, None] * T).flatten()
+        used, inverse = torch.unique(rows, return_inverse=True)
+        h = hidden.reshape(N * T, H)[used]  # (U, H): the positions whose logits are needed
+        step = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        lse = torch.cat([torch.logsumexp((h[s:s + step] @ weight.T).float(), dim=-1) for s in range(0, len(h), step)])
+        flat_targets = targets.flatten()
+        # the target's logit as the matmul would give it: float accumulation, rounded to the working dtype
+        picked = (h[inverse].float() * weight[flat_targets].float()).sum(-1).to(hidden.dtype).float()
+        ctx.save_for_backward(hidden, weight, used, inverse, flat_targets, lse)
+        return (picked - lse[inverse]).view(targets.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, used, inverse, flat_targets, lse = ctx.saved_tensors
+        N, T, H = hidden.shape
+        g = grad_out.float().flatten()
+        h = hidden.reshape(N * T, H)[used]
+        per_row = torch.zeros(len(used), device=g.device).index_add_(0, inverse, g)
+        grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        step = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        for s in range(0, len(h), step):  # the logsumexp's share: -softmax * (summed upstream gradient)
+            part = ((h[s:s + step] @ weight.T).float() - lse[s:s + step, None]).exp_().mul_(-per_row[s:s + step, None])
+            part = part.to(weight.dtype)
+            grad_h[s:s + step] = part @ weight
+            grad_w += part.T @ h[s:s + step]
+        grad_h.index_add_(0, inverse, g[:, None] * weight[flat_targets].float())  # the picked logit's share
+        grad_w.index_add_(0, flat_targets, g[:, None] * h[inverse].float())
+        grad_hidden = torch.zeros_like(hidden).reshape(N * T, H)
+        grad_hidden[used] = grad_h.to(hidden.dtype)
+        return grad_hidden.reshape(N, T, H), grad_w.to(weight.dtype), None, None
 
 
 def picked_logprobs(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -136,18 +178,16 @@ def packed_forward_unsupported(model) -> str | None:
     return None
 
 
-def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype, boolean: bool) -> torch.Tensor:
-    """(B, 1, T, T) mask for packed rows: causal, padding hidden, and rejected tokens blind to chosen
-    ones, so each answer sees exactly [prompt, itself] as in its own sequence. Boolean (True = attend)
-    for sdpa; additive float (0 / dtype min) for eager attention. Padding rows see the prompt, so no
-    row is fully masked (a fully masked row would give NaNs)."""
+def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, T, T) additive mask (0 = attend, dtype's min = hidden) for packed rows: causal, padding
+    hidden, and rejected tokens blind to chosen ones, so each answer sees exactly [prompt, itself] as in
+    its own sequence. Additive in the model's dtype, as eager attention needs it and as sdpa would
+    otherwise convert a boolean one again in every layer. Padding rows see the prompt, so no row is
+    fully masked (a fully masked row would give NaNs)."""
     T = segment_ids.shape[1]
     q, k = segment_ids[:, :, None], segment_ids[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
-    allowed = causal & (k != PADDING) & ~((q == REJECTED) & (k == CHOSEN))
-    allowed = allowed[:, None]
-    if boolean:
-        return allowed
+    allowed = (causal & (k != PADDING) & ~((q == REJECTED) & (k == CHOSEN)))[:, None]
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
@@ -156,24 +196,69 @@ def _forward_kwargs(model) -> set:
     return set(inspect.signature(module.forward).parameters)
 
 
+def _fused_head(model):
+    """(decoder, LM-head weight) when the LM head can be fused into the log-probs: a decoder to take the
+    final hidden states from, `logits_to_keep` to skip the model's own head, and a weight that is not
+    partitioned by ZeRO-3 (it is only gathered inside the head's own forward). Else None."""
+    module = getattr(model, "module", model)
+    if getattr(module, "_minidpo_fused_head", True) is False or "logits_to_keep" not in _forward_kwargs(model):
+        return None
+    get_decoder = getattr(module, "get_decoder", None)
+    head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
+    decoder = get_decoder() if get_decoder else None
+    if decoder is None or head is None or decoder is module or hasattr(head.weight, "ds_id"):
+        return None
+    return decoder, head.weight
+
+
+def _logprobs_from_final_hidden(model, kwargs: dict, source: torch.Tensor, targets: torch.Tensor):
+    """Per-token log-probs via the fused head, or None when this model's logits turn out not to be
+    exactly hidden @ weight.T (scaled or soft-capped logits, an unusual head): checked on the first call."""
+    fused = _fused_head(model)
+    if fused is None:
+        return None
+    decoder, weight = fused
+    captured = {}
+
+    def keep(_module, _args, out):
+        captured["hidden"] = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    handle = decoder.register_forward_hook(keep)
+    try:
+        out = model(**kwargs, logits_to_keep=1)  # the model's own head on one position only
+    finally:
+        handle.remove()
+    hidden, module = captured.get("hidden"), getattr(model, "module", model)
+    if not hasattr(module, "_minidpo_fused_head"):
+        with torch.no_grad():
+            ok = hidden is not None and hidden.shape[:2] == targets.shape and torch.allclose(
+                (hidden[:, -1] @ weight.T).float(), out.logits[:, -1].float(), rtol=1e-2, atol=1e-3)
+        module._minidpo_fused_head = bool(ok)
+        if not ok:
+            return None
+    return _HeadLogprobs.apply(hidden, weight, source, targets)
+
+
 def packed_logps(model, batch: dict, reduction: str):
     """One forward over packed [prompt, chosen, rejected] rows; returns (chosen_logps, rejected_logps, None).
     Equal to `concatenated_logps` on the same pairs (tests/test_packed.py), with the prompt computed
-    once instead of twice, and logits only from the first answer-predicting position on."""
+    once instead of twice. Where the model allows (`_fused_head`), the LM head is applied only to the
+    positions that predict an answer token and its logits are never stored; otherwise the model's
+    logits from the first answer-predicting position on are used."""
     input_ids, segments, source = batch["input_ids"], batch["segment_ids"], batch["source"]
-    config = getattr(model, "module", model).config
-    boolean = (getattr(config, "_attn_implementation", None) or "eager") == "sdpa"
     dtype = next(getattr(model, "module", model).parameters()).dtype
     kwargs = dict(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False,
-                  attention_mask=packed_attention_mask(segments, dtype, boolean))
+                  attention_mask=packed_attention_mask(segments, dtype))
     answer = (segments == CHOSEN) | (segments == REJECTED)
-    first = int(torch.where(answer, source, input_ids.shape[1]).min())  # earliest position whose logits are used
-    if "logits_to_keep" in _forward_kwargs(model):
-        kwargs["logits_to_keep"] = input_ids.shape[1] - first
-    else:
-        first = 0
-    logits = model(**kwargs).logits  # positions first..T-1
-    per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids)
+    per_token = _logprobs_from_final_hidden(model, kwargs, torch.where(answer, source, 0), input_ids)
+    if per_token is None:
+        first = int(torch.where(answer, source, input_ids.shape[1]).min())  # earliest position whose logits count
+        if "logits_to_keep" in _forward_kwargs(model):
+            kwargs["logits_to_keep"] = input_ids.shape[1] - first
+        else:
+            first = 0
+        logits = model(**kwargs).logits  # positions first..T-1
+        per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids)
     logps, n_tokens = [], []
     for segment in (CHOSEN, REJECTED):
         mask = (segments == segment).float()

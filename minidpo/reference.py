@@ -8,6 +8,7 @@ engine's memory during training. The cache key covers the pairs' token ids, the 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 
@@ -72,6 +73,7 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
     table = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
                                     reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size,
                                     collate=collate)
+    gc.collect()  # the engine holds reference cycles: free its weights now, before training allocates
     if rank == 0:
         os.makedirs(CACHE_DIR, exist_ok=True)
         torch.save(table, path + ".tmp")

@@ -29,7 +29,7 @@ def test_packed_layout_by_hand():
 
 def test_packed_mask_hides_chosen_from_rejected_and_padding_from_all():
     seg = torch.tensor([[PROMPT, PROMPT, CHOSEN, CHOSEN, REJECTED, REJECTED, PADDING]])
-    m = packed_attention_mask(seg, torch.float32, boolean=True)[0, 0].int().tolist()
+    m = (packed_attention_mask(seg, torch.float32)[0, 0] == 0).int().tolist()
     assert m == [
         [1, 0, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0, 0],
@@ -39,7 +39,7 @@ def test_packed_mask_hides_chosen_from_rejected_and_padding_from_all():
         [1, 1, 0, 0, 1, 1, 0],
         [1, 1, 1, 1, 1, 1, 0],  # padding row: never attended to, and itself not fully masked
     ]
-    additive = packed_attention_mask(seg, torch.bfloat16, boolean=False)
+    additive = packed_attention_mask(seg, torch.bfloat16)
     assert additive.dtype == torch.bfloat16 and additive[0, 0, 4, 2] == torch.finfo(torch.bfloat16).min
     assert additive[0, 0, 4, 1] == 0
 
@@ -66,6 +66,7 @@ def test_packed_logps_and_gradients_equal_concatenated(tiny_model_dir, attn, red
         (chosen.sum() - 2 * rejected.sum()).backward()
         grads = torch.cat([p.grad.flatten() for p in model.parameters()])
         results.append((chosen.detach(), rejected.detach(), grads))
+    assert model._minidpo_fused_head is True  # the LM head was fused into the log-probs
     (c0, r0, g0), (c1, r1, g1) = results
     assert torch.allclose(c0, c1, atol=1e-5, rtol=1e-5)
     assert torch.allclose(r0, r1, atol=1e-5, rtol=1e-5)
@@ -102,3 +103,41 @@ def test_activation_checkpointing_saves_fewer_activations(tiny_model_dir):
         grads[every_n] = torch.cat([p.grad.flatten() for p in model.parameters()])
     assert saved[1] < saved[2] < saved[0]
     assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
+
+
+def _packed_run(model, pairs):
+    model.zero_grad()
+    chosen, rejected, _ = packed_logps(model, collate_packed(pairs, PAD), "sum")
+    (chosen.sum() - 2 * rejected.sum()).backward()
+    return chosen.detach(), rejected.detach(), torch.cat([p.grad.flatten().float() for p in model.parameters()])
+
+
+def test_fused_head_falls_back_when_logits_are_not_plain_hidden_times_weight(tiny_model_dir):
+    """A model whose logits are scaled after the head (as soft-capped or scaled models do) fails the
+    first-call check and is scored from its own logits, still equal to the two-sequence forward."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    head_forward = model.lm_head.forward
+    model.lm_head.forward = lambda x: 3.0 * head_forward(x)
+    pairs = _random_pairs(3, model.config.vocab_size, seed=5)
+    chosen, rejected, _ = _packed_run(model, pairs)
+    assert model._minidpo_fused_head is False
+    plain_chosen, plain_rejected, _ = concatenated_logps(model, collate_pairs(pairs, PAD), "sum")
+    assert torch.allclose(chosen, plain_chosen.detach(), atol=1e-5)
+    assert torch.allclose(rejected, plain_rejected.detach(), atol=1e-5)
+
+
+def test_fused_head_in_bf16_matches_the_logits_path(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    pairs = _random_pairs(4, 300, seed=7)
+    runs = []
+    for fused in (True, False):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        if not fused:
+            model._minidpo_fused_head = False
+        runs.append(_packed_run(model, pairs))
+    (c0, r0, g0), (c1, r1, g1) = runs
+    assert torch.allclose(c0, c1, rtol=2e-2, atol=0.1) and torch.allclose(r0, r1, rtol=2e-2, atol=0.1)
+    assert torch.nn.functional.cosine_similarity(g0, g1, dim=0) > 0.999

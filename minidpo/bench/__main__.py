@@ -37,7 +37,11 @@ LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing
 
 
 def _env(threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
+    # each worker is a one-process run of its own: an inherited rendezvous (a port another process
+    # already listens on) must not leak into it
+    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(".cache", "torch_extensions"))
     return env
