@@ -39,6 +39,7 @@ class RunConfig:
     beta: float = 0.1
     loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) | hinge | ipo"})
     label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label-noise rate (sigmoid only)"})
+    rpo_alpha: float = field(default=0.0, metadata={"help": "weight of the chosen answers' per-token NLL (RPO); 0: plain DPO"})
     logps_reduction: str = field(default="sum", metadata={"help": "sum (DPO) | mean (MiniMind's length-normalised)"})
     # optimisation
     learning_rate: float = 5e-6
@@ -182,7 +183,7 @@ def validate(cfg: RunConfig) -> None:
     if cfg.on_bad_record not in ("error", "skip"):
         raise ConfigError(f"--on_bad_record {cfg.on_bad_record}: choose error or skip")
     try:
-        check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing)
+        check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     for name in ("batch_size", "grad_accum", "epochs", "max_length", "log_interval", "keep_checkpoints"):

@@ -186,9 +186,11 @@ def train(cfg: RunConfig) -> dict:
             with torch.no_grad():
                 ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
         chosen, rejected, aux_loss = pair_logps(policy, batch, cfg.logps_reduction)
+        chosen_lengths = torch.tensor([1 if cfg.logps_reduction == "mean" else len(run.dataset[i].chosen_ids)
+                                       for i in indices], device=chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
-            chosen, rejected, ref_chosen, ref_rejected,
-            beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing)
+            chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
+            label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, chosen_lengths=chosen_lengths)
         loss = losses.mean()
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss

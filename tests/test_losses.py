@@ -55,7 +55,21 @@ def test_gradient_flows_to_policy_only_and_rewards_are_detached():
     assert pr.grad.tolist() == pytest.approx([0.1 * sig(-0.2), 0.1 * sig(0.3)], rel=1e-5)
 
 
+def test_rpo_adds_the_chosen_per_token_nll():
+    lengths = torch.tensor([4, 5])
+    losses, chosen, _ = preference_loss(PC, PR, RC, RR, beta=0.1, rpo_alpha=0.5, chosen_lengths=lengths)
+    # pair 0: -log sigmoid(0.2) + 0.5 * 10 / 4 ; pair 1: -log sigmoid(-0.3) + 0.5 * 20 / 5
+    assert losses.tolist() == pytest.approx([-log_sigmoid(0.2) + 1.25, -log_sigmoid(-0.3) + 2.0], rel=1e-6)
+    assert chosen.tolist() == pytest.approx([0.1, -0.2], rel=1e-6)  # the rewards stay DPO's
+    pc = PC.clone().requires_grad_()
+    preference_loss(pc, PR, RC, RR, beta=0.1, rpo_alpha=0.5, chosen_lengths=lengths)[0].sum().backward()
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert pc.grad.tolist() == pytest.approx([-0.1 * sig(-0.2) - 0.5 / 4, -0.1 * sig(0.3) - 0.5 / 5], rel=1e-5)
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    (dict(rpo_alpha=-1.0), "rpo_alpha must be >= 0"),
+    (dict(rpo_alpha=1.0), "rpo_alpha > 0 needs chosen_lengths"),
     (dict(loss_type="kto"), "unknown loss_type 'kto'"),
     (dict(beta=0.0), "beta must be > 0"),
     (dict(label_smoothing=0.5), "label_smoothing must be in [0, 0.5)"),
