@@ -7,6 +7,7 @@ can never be scored (a response always follows at least one prompt token).
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -191,9 +192,14 @@ def packed_attention_mask(segment_ids: torch.Tensor, dtype: torch.dtype) -> torc
     return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, torch.finfo(dtype).min)
 
 
-def _forward_kwargs(model) -> set:
-    module = getattr(model, "module", model)
-    return set(inspect.signature(module.forward).parameters)
+@functools.lru_cache(maxsize=None)
+def _forward_parameters(module_type: type) -> frozenset:
+    return frozenset(inspect.signature(module_type.forward).parameters)
+
+
+def _forward_kwargs(model) -> frozenset:
+    """The keyword arguments the (DeepSpeed-wrapped) model's forward takes; looked up once per class."""
+    return _forward_parameters(type(getattr(model, "module", model)))
 
 
 def _fused_head(model):
