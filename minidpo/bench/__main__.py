@@ -25,12 +25,11 @@ import sys
 from dataclasses import asdict
 
 from minidpo.bench.flops import dpo_pair_flops
-from minidpo.bench.settings import Settings
+from minidpo.bench.settings import TRAINERS, Settings
 from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work
 from minidpo.data import TokenizedPair, batch_plan
 from minidpo.data.collate import padded_length
 
-TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")
 DEFAULT_TRAINERS = "minidpo,trl,naive"
 LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing", "trl": "TRL DPOTrainer",
           "naive": "seed-style loop"}
@@ -108,7 +107,7 @@ def check_numerics(results: dict, tolerance: float) -> list[str]:
 def summarise(name: str, runs: list[dict], w: Workload, peak_gflops: float) -> dict:
     pairs = generate_pairs(w)
     mean_flops = sum(dpo_pair_flops(w.model_config, len(p), len(c), len(r)) for p, c, r in pairs) / len(pairs)
-    mean_tokens = sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs) / len(pairs)
+    mean_tokens = pair_work(w)["useful_tokens"] / len(pairs)
     r = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]  # the median round
     rate = r["pairs"] / r["seconds"]
     return {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")  # minidpo-ac: minidpo with activation checkpointing
+
 
 @dataclass
 class Settings:

@@ -12,10 +12,12 @@ import os
 import resource
 import shutil
 
+from minidpo.bench.settings import TRAINERS
+
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--trainer", required=True, choices=["minidpo", "minidpo-ac", "trl", "naive"])
+    p.add_argument("--trainer", required=True, choices=TRAINERS)
     p.add_argument("--workload", required=True, help="folder written by minidpo.bench.workload.build")
     p.add_argument("--settings", required=True, help="Settings as JSON")
     p.add_argument("--out", required=True)
@@ -23,7 +25,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
 
     from minidpo.bench.settings import Settings
-    from minidpo.bench.workload import Workload, check_tokenization
+    from minidpo.bench.workload import Workload, check_tokenization, workload_paths
 
     s = Settings(**json.loads(a.settings))
     os.environ["OMP_NUM_THREADS"] = str(s.threads)
@@ -32,7 +34,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(s.threads)
     with open(os.path.join(a.workload, "workload.json")) as f:
         w = Workload(**{k: v for k, v in json.load(f).items() if k != "model_config"})
-    paths = {"model": os.path.join(a.workload, "model"), "data": os.path.join(a.workload, "pairs.jsonl")}
+    paths = workload_paths(a.workload)
     order = json.load(open(a.order)) if a.order else None
     run_dir = os.path.join(os.path.dirname(os.path.abspath(a.out)), "run_" + os.path.basename(a.out)[:-5])
     shutil.rmtree(run_dir, ignore_errors=True)  # a rerun must not append to an old run's metrics

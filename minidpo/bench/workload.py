@@ -71,13 +71,19 @@ def _text(ids: list[int]) -> str:
     return " ".join(f"w{i}" for i in ids if i != EOS_ID)
 
 
+def workload_paths(out_dir: str) -> dict:
+    """Where `build` puts the model folder and the pairs."""
+    return {"model": os.path.join(out_dir, "model"), "data": os.path.join(out_dir, "pairs.jsonl")}
+
+
 def build(w: Workload, out_dir: str) -> dict:
     """Write `model/` (random-init Llama + tokenizer) and `pairs.jsonl` into out_dir; reuse them when the
     workload is unchanged. Returns the paths."""
-    model_dir, data = os.path.join(out_dir, "model"), os.path.join(out_dir, "pairs.jsonl")
+    paths = workload_paths(out_dir)
+    model_dir, data = paths["model"], paths["data"]
     stamp = os.path.join(out_dir, "workload.json")
     if os.path.isfile(stamp) and json.load(open(stamp)) == asdict(w):
-        return {"model": model_dir, "data": data}
+        return paths
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -99,17 +105,19 @@ def build(w: Workload, out_dir: str) -> dict:
             f.write(json.dumps({"prompt": _text(prompt), "chosen": _text(chosen), "rejected": _text(rejected)}) + "\n")
     with open(stamp, "w") as f:
         json.dump(asdict(w), f, indent=2)
-    return {"model": model_dir, "data": data}
+    return paths
+
+
+def _id_lists(pair) -> tuple[list[int], list[int], list[int]]:
+    ids = pair if isinstance(pair, tuple) else (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)
+    return tuple(list(x) for x in ids)
 
 
 def check_tokenization(w: Workload, pairs) -> None:
-    """Raise unless `pairs` (objects or tuples of prompt/chosen/rejected ids) equal the generated ids."""
-    expected = generate_pairs(w)
-    got = [tuple(getattr(p, k) for k in ("prompt_ids", "chosen_ids", "rejected_ids")) if not isinstance(p, tuple)
-           else p for p in pairs]
-    got = [tuple(list(x) for x in p) for p in got]
-    if got != [tuple(p) for p in expected]:
-        bad = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != tuple(b)) if len(got) == len(expected) else -1
+    """Raise unless `pairs` (TokenizedPairs or tuples of prompt/chosen/rejected ids) equal the generated ids."""
+    got, expected = [_id_lists(p) for p in pairs], [_id_lists(p) for p in generate_pairs(w)]
+    if got != expected:
+        bad = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b), min(len(got), len(expected)))
         raise AssertionError(f"tokenized pairs differ from the generated ids (first at pair {bad}, "
                              f"{len(got)} vs {len(expected)} pairs)")
 
