@@ -95,16 +95,15 @@ def epoch_plan(cfg: RunConfig, dataset, epoch: int, rank: int, world_size: int, 
                       world_size=world_size, group_by_length=cfg.group_by_length)
 
 
-def convert_gguf_models(cfg: RunConfig, rank: int) -> None:
-    """Point --model / --ref_model at Hugging Face folders; a .gguf file is converted once (rank 0 first)."""
-    if not any(p and p.endswith(".gguf") for p in (cfg.model, cfg.ref_model)):
-        return
-    from minidpo.gguf import ensure_hf_folder
+def resolve_model_sources(cfg: RunConfig, rank: int) -> None:
+    """Point --model / --ref_model at Hugging Face folders: a file that is not one (GGUF, ...) is
+    converted once into a cached folder (minidpo.sources), rank 0 first so the others find the cache."""
+    from minidpo.sources import hf_folder
 
-    for turn in (0, 1):  # rank 0 converts and caches, then the others find the cache
+    for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            cfg.model = ensure_hf_folder(cfg.model)
-            cfg.ref_model = cfg.ref_model and ensure_hf_folder(cfg.ref_model)
+            cfg.model = hf_folder(cfg.model, role="--model")
+            cfg.ref_model = cfg.ref_model and hf_folder(cfg.ref_model, role="--ref_model")
         dist.barrier()
 
 
@@ -112,7 +111,7 @@ def prepare_run(cfg: RunConfig) -> Run:
     """Validate, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
     validate(cfg)
     rank, world_size = setup_distributed()
-    convert_gguf_models(cfg, rank)
+    resolve_model_sources(cfg, rank)
     ds_config = resolve_ds_config(cfg.deepspeed, cfg, world_size, on_cpu())
     log = print if rank == 0 else (lambda *a, **k: None)
     random.seed(cfg.seed)

@@ -1,0 +1,43 @@
+"""Model sources: every kind of model file a user may hold becomes a local Hugging Face folder.
+
+Consumers (the trainer, eval, the app, scoring) only ever see Hugging Face folders. A source that is
+not one is converted once into a cached folder, keyed on the file's content, so asking again is cheap:
+
+    folder                      a Hugging Face causal-LM folder: returned as it is
+    file.gguf                   llama.cpp GGUF (minidpo.gguf)
+
+`hf_folder` is the one entry point; a new kind of source adds a branch here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from minidpo.config import ConfigError
+
+
+class SourceError(ConfigError):
+    """A model source cannot be used; the message names the path and what was expected."""
+
+
+def hf_folder(path: str, *, tokenizer: str | None = None, role: str = "--model") -> str:
+    """A local Hugging Face folder for `path` (converted and cached on first use).
+
+    tokenizer: a tokenizer folder for sources that carry none (a bare state dict).
+    role: how the setting is named in messages ("--model", "--ref_model", "--sft", ...).
+    """
+    path = str(path)
+    if path.endswith(".gguf") or (os.path.isfile(path) and _is_gguf(path)):
+        from minidpo.gguf import GGUFError, ensure_hf_folder
+
+        try:
+            return ensure_hf_folder(path)
+        except GGUFError as e:
+            raise SourceError(f"{role} {e}") from e
+    return path
+
+
+def _is_gguf(path: str) -> bool:
+    from minidpo.gguf import is_gguf_file
+
+    return is_gguf_file(path)
