@@ -41,13 +41,24 @@ def _run_config(folder: Path) -> dict:
         return {}
 
 
+def _from_run(path: str | None, run: Path) -> Path | None:
+    """A path written in a run's run_config.json: as it is (relative to where training ran, usually the
+    project root), else relative to the project root the run folder sits in (<root>/runs/<run>)."""
+    if not path:
+        return None
+    for candidate in (Path(path), run.parent.parent / path):
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def heldout_file(dpo_dir) -> Path | None:
     """The held-out file beside the run's training data (train.jsonl -> heldout.jsonl), if any."""
-    data = _run_config(run_dir(dpo_dir)).get("data")
-    if not data or not Path(data).is_file():
+    data = _from_run(_run_config(run_dir(dpo_dir)).get("data"), run_dir(dpo_dir))
+    if data is None or not data.is_file():
         return None
-    name = Path(data).name
-    candidate = Path(data).with_name(name.replace("train", "heldout")) if "train" in name else None
+    name = data.name
+    candidate = data.with_name(name.replace("train", "heldout")) if "train" in name else None
     return candidate if candidate and candidate.is_file() else None
 
 
@@ -62,10 +73,10 @@ def demo_preset(model_dir, hops: int = 4) -> dict | None:
                 return json.loads(info.read_text(encoding="utf-8"))
             except ValueError:
                 return None
-        parent = _run_config(run_dir(folder)).get("model")
-        if not parent:
+        parent = _from_run(_run_config(run_dir(folder)).get("model"), run_dir(folder))
+        if parent is None:
             return None
-        folder = Path(parent)
+        folder = parent
     return None
 
 

@@ -262,3 +262,17 @@ def test_examples_for_a_run(tmp_path):
         {"measured": {"seeds": 8, "min_pass": 7}, "examples": [{"prompt": "m1", "system": "s"}]}))
     rows, note = examples_for(export)
     assert rows == [["m1", "s"]] and "measurement" in note
+
+
+def test_the_page_says_what_the_demo_model_is(tmp_path):
+    from app.examples import demo_preset
+
+    init = tmp_path / "runs" / "demo-init"
+    init.mkdir(parents=True)
+    (init / "minidpo_init.json").write_text(json.dumps({"preset": "demo", "n_params": 1907520}))
+    for run, parent in (("sft", "runs/demo-init"), ("dpo", "runs/sft/export")):  # paths as training wrote them
+        (tmp_path / "runs" / run / "export").mkdir(parents=True)
+        (tmp_path / "runs" / run / "run_config.json").write_text(json.dumps({"run": {"model": parent}}))
+    assert demo_preset(tmp_path / "runs" / "dpo" / "export")["n_params"] == 1907520
+    (tmp_path / "runs" / "sft" / "run_config.json").write_text(json.dumps({"run": {"model": "elsewhere"}}))
+    assert demo_preset(tmp_path / "runs" / "dpo" / "export") is None
