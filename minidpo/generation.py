@@ -99,18 +99,24 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, s: SamplingSettings
     return logits
 
 
-def draw(logits: torch.Tensor, s: SamplingSettings, generator: torch.Generator) -> int:
-    """One token id from one row of processed (V,) logits: argmax when greedy, else a sample."""
+def draw(logits: torch.Tensor, s: SamplingSettings, generators: list[torch.Generator]) -> torch.Tensor:
+    """One token id per row of processed (B, V) logits: the argmax when greedy, else a sample by inverse
+    CDF from one uniform number of each row's own generator (so a row's draw never depends on the
+    other rows, and the whole batch syncs with the device once per step). Returns (B,) long."""
     if s.temperature == 0:
-        return int(logits.argmax())
-    return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator))
+        return logits.argmax(-1)
+    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+    u = torch.cat([torch.rand(1, generator=g, device=logits.device) for g in generators])
+    # the first token whose cumulative probability exceeds u * total: never one of probability 0
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(-1)
+    return picked.clamp(max=logits.size(-1) - 1)
 
 
 def sample_next(logits: torch.Tensor, seen_ids: torch.Tensor, s: SamplingSettings, generator: torch.Generator) -> int:
     """The next token for one row: (V,) logits, the ids already in the row -> token id (as `Decoder` does)."""
     seen = torch.zeros((1, logits.numel()), dtype=torch.bool)
     seen[0, seen_ids.long()] = True
-    return draw(process_logits(logits.detach().cpu()[None], seen, s)[0], s, generator)
+    return int(draw(process_logits(logits.detach().cpu()[None], seen, s), s, [generator])[0])
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -169,15 +175,16 @@ class Decoder:
         logits = out.logits[:, -1, :]
         if self._seen is None:  # every prompt token counts as seen for the repetition penalty
             self._seen = torch.zeros(logits.shape, dtype=torch.bool, device=self.device)
-            self._seen.scatter_(1, self._ids, self._mask.bool())
-        processed = process_logits(logits, self._seen, self.settings)
+            rows = torch.arange(len(self.tokens), device=self.device)[:, None].expand_as(self._ids)
+            real = self._mask.bool()
+            self._seen[rows[real], self._ids[real]] = True
+        sampled = draw(process_logits(logits, self._seen, self.settings), self.settings, self._generators)
         self.n_sampled += 1
         nxt = []
-        for i, g in enumerate(self._generators):
+        for i, token in enumerate(sampled.tolist()):
             if self.finished[i]:
                 nxt.append(self._pad)
                 continue
-            token = draw(processed[i], self.settings, g)
             nxt.append(token)
             self._seen[i, token] = True
             if token in self.stop_ids:
