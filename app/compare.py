@@ -70,7 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft", metavar="DIR", help="SFT (reference) model folder or .gguf file [default: <runs_dir>/sft/export]")
     p.add_argument("--dpo", metavar="DIR", help="DPO model folder or .gguf file [default: newest <runs_dir>/dpo*/export*]")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, for model files that carry none")
-    add_flag(p, "runs_dir", default=DEFAULT_RUNS_DIR, help="where the defaults are looked for [%(default)s]")
+    add_flag(p, "runs_dir", old=("--runs-dir",), default=DEFAULT_RUNS_DIR,
+             help="where the defaults are looked for [%(default)s]")
     p.add_argument("--beta", type=float, default=None,
                    help="β of the implicit reward [default: the DPO run's run_config.json, else 0.1]")
     p.add_argument("--votes", default=DEFAULT_VOTES, metavar="PATH", help="blind-vote JSONL file [%(default)s]")
@@ -81,7 +82,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="auto", choices=[*DTYPE_CHOICES, *OLD_DTYPE_NAMES],
                    help="auto = bf16/fp16 on GPU, fp32 on CPU [%(default)s] (old names float32, bfloat16, float16: "
                    "still accepted, to be removed in the next release)")
-    add_flag(p, "max_new_tokens", type=int, default=DEFAULTS.max_new_tokens, help="initial slider value [%(default)s]")
+    add_flag(p, "max_new_tokens", old=("--max-new-tokens",), type=int, default=DEFAULTS.max_new_tokens,
+             help="initial slider value [%(default)s]")
     return p.parse_args(argv)
 
 

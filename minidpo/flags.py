@@ -11,11 +11,8 @@ import argparse
 
 
 def add_flag(parser: argparse.ArgumentParser, name: str, *, old: tuple[str, ...] = (), **kwargs):
-    """`--name` plus its old spellings (`--name-with-dashes` always, and `old`), kept for one release."""
-    spellings = [f"--{name}"]
-    for alias in (f"--{name.replace('_', '-')}", *old):
-        if alias not in spellings:
-            spellings.append(alias)
+    """`--name` plus its old spellings `old` (e.g. "--out", "--batch-size"), kept for one release."""
+    spellings = [f"--{name}", *old]
     if len(spellings) > 1 and kwargs.get("help") is not argparse.SUPPRESS:
         note = f"(old spelling {', '.join(spellings[1:])}: still accepted, to be removed in the next release)"
         kwargs["help"] = f"{kwargs.get('help', '')} {note}".strip()

@@ -35,23 +35,25 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder, for model files that carry none")
     ap.add_argument("--data", required=True, help="held-out preference data, any format the trainer reads")
     add_flag(ap, "data_format", default="auto", help="auto, or force a format (as for training)")
-    add_flag(ap, "output_dir", old=("--out",), required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
+    add_flag(ap, "output_dir", old=("--out",), required=True,
+             help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=None,
                     help="the beta the DPO model was trained with (default: the DPO run's run_config.json, else 0.1)")
     ap.add_argument("--judge", default=default_judge,
                     help="package.module:function that judges answers (the demo's: minidpo.demo.judge:judge_heldout); "
                     "default: none, preference metrics, KL and sample answers only")
-    add_flag(ap, "n_generate", type=int, default=160,
+    add_flag(ap, "n_generate", old=("--n-generate",), type=int, default=160,
              help="held-out records to answer (and judge), stratified over axis x language (-1: all; 0: skip)")
-    add_flag(ap, "max_new_tokens", type=int, default=DEFAULTS.max_new_tokens)
+    add_flag(ap, "max_new_tokens", old=("--max-new-tokens",), type=int, default=DEFAULTS.max_new_tokens)
     ap.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
-    add_flag(ap, "top_p", type=float, default=DEFAULTS.top_p)
-    add_flag(ap, "top_k", type=int, default=DEFAULTS.top_k, help="0 = off")
-    add_flag(ap, "repetition_penalty", type=float, default=DEFAULTS.repetition_penalty, help="1 = off")
-    add_flag(ap, "n_kl", type=int, default=64, help="prompts for the KL estimate (0: skip)")
-    add_flag(ap, "n_examples", type=int, default=2, help="side-by-side answers per axis and language")
+    add_flag(ap, "top_p", old=("--top-p",), type=float, default=DEFAULTS.top_p)
+    add_flag(ap, "top_k", old=("--top-k",), type=int, default=DEFAULTS.top_k, help="0 = off")
+    add_flag(ap, "repetition_penalty", old=("--repetition-penalty",), type=float,
+             default=DEFAULTS.repetition_penalty, help="1 = off")
+    add_flag(ap, "n_kl", old=("--n-kl",), type=int, default=64, help="prompts for the KL estimate (0: skip)")
+    add_flag(ap, "n_examples", old=("--n-examples",), type=int, default=2, help="side-by-side answers per axis and language")
     ap.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    add_flag(ap, "batch_size", type=int, default=32)
+    add_flag(ap, "batch_size", old=("--batch-size",), type=int, default=32)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--dtype", default="fp32", choices=[*DTYPE_CHOICES, *OLD_DTYPE_NAMES],
                     help="fp32 (default: scores as exact as training's checks), bf16, fp16, or auto")
