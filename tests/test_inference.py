@@ -165,7 +165,7 @@ def test_eval_flags_new_spelling_and_old_aliases(tiny_model_dir, tmp_path):
            "--n_examples", "1", "--dtype", "bf16", "--data_format", "prompt"]
     old = ["--sft", "s", "--dpo", "d", "--data", "h", "--out", "o", "--batch-size", "4", "--n-generate", "2",
            "--max-new-tokens", "5", "--top-p", "0.5", "--top-k", "3", "--repetition-penalty", "1.2", "--n-kl", "1",
-           "--n-examples", "1", "--dtype", "bfloat16", "--data-format", "prompt"]
+           "--n-examples", "1", "--dtype", "bfloat16", "--data_format", "prompt"]
     a, b = vars(build_parser().parse_args(new)), vars(build_parser().parse_args(old))
     assert {**b, "dtype": "bf16"} == a and a["output_dir"] == "o" and a["batch_size"] == 4
     assert "old spelling --out" in build_parser().format_help()
