@@ -6,7 +6,7 @@ For up to `--candidates` held-out prompts of every (axis, language), both models
 seed 0..seeds-1 (the page's default settings: `minidpo.generation.DEFAULTS`, the same sampler as the
 page, so seed s here is seed s there); the demo's judge (`minidpo.demo.judge`) says whether each answer
 shows the preferred behaviour. A prompt qualifies when the DPO answer passes at least `--min_pass` of
-the seeds and more often than the SFT answer; the best `--per_group` of each (axis, language) are
+the seeds and more often than the SFT answer; the best `--per_group` (1) of each (axis, language) are
 written, by margin, to `app_examples.json` of the DPO run (what `app.examples` reads).
 """
 
@@ -41,15 +41,16 @@ def measure(sft, dpo, records, judge, *, seeds: int = 8, settings=DEFAULTS, batc
     return out
 
 
-def pick(measured: list[dict], *, min_pass: int, per_group: int) -> list[dict]:
+def pick(measured: list[dict], *, min_pass: int, per_group: int, axis_order=()) -> list[dict]:
     """The qualifying prompts (DPO passes >= min_pass and more often than SFT), best margin first,
-    at most per_group per (axis, language), grouped in axis then language order."""
+    at most per_group per (axis, language); groups in `axis_order` (then by name), English first."""
     groups: dict = defaultdict(list)
     for m in measured:
         if m["dpo_pass"] >= min_pass and m["dpo_pass"] > m["sft_pass"]:
             groups[(m["axis"], m["lang"])].append(m)
     chosen = []
-    for key in sorted(groups, key=lambda k: (str(k[0]), str(k[1]))):
+    rank = {a: i for i, a in enumerate(axis_order)}
+    for key in sorted(groups, key=lambda k: (rank.get(k[0], len(rank)), str(k[0]), str(k[1]))):
         ranked = sorted(groups[key], key=lambda m: (m["dpo_pass"] - m["sft_pass"], m["dpo_pass"]), reverse=True)
         chosen += ranked[:per_group]
     return chosen
@@ -57,7 +58,7 @@ def pick(measured: list[dict], *, min_pass: int, per_group: int) -> list[dict]:
 
 def main(argv=None) -> int:
     from minidpo.config import ConfigError
-    from minidpo.demo.judge import judge_heldout
+    from minidpo.demo.judge import JUDGED_AXES, judge_heldout
     from minidpo.eval import read_heldout
     from minidpo.models import load_model
 
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output", default=None, help="default: app_examples.json of the DPO run (next to its export)")
     ap.add_argument("--seeds", type=int, default=8)
     add_flag(ap, "min_pass", type=int, default=7, help="seeds the DPO answer must pass")
-    add_flag(ap, "per_group", type=int, default=2, help="examples kept per axis and language")
+    add_flag(ap, "per_group", type=int, default=1, help="examples kept per axis and language")
     ap.add_argument("--candidates", type=int, default=10, help="held-out prompts tried per axis and language")
     add_flag(ap, "batch_size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
@@ -93,7 +94,7 @@ def main(argv=None) -> int:
             per_group[(r.axis, r.lang)].append(r)
     candidates = [r for group in per_group.values() for r in group]
     measured = measure(sft, dpo, candidates, judge_heldout, seeds=args.seeds, batch_size=args.batch_size)
-    chosen = pick(measured, min_pass=args.min_pass, per_group=args.per_group)
+    chosen = pick(measured, min_pass=args.min_pass, per_group=args.per_group, axis_order=JUDGED_AXES)
     output = Path(args.output) if args.output else Path(dpo.path).parent / "app_examples.json"
     info = {"measured": {"seeds": args.seeds, "min_pass": args.min_pass, "settings": DEFAULTS.to_dict(),
                          "sft": sft.path, "dpo": dpo.path, "data": str(args.data), "judge": "minidpo.demo.judge",

@@ -238,8 +238,8 @@ def test_examples_chosen_by_measurement():
          dict(axis="refusal", lang="en", prompt="p3", dpo_pass=8, sft_pass=8),  # no better than SFT
          dict(axis="refusal", lang="zh", prompt="p4", dpo_pass=6, sft_pass=0),  # 6 of 8 seeds: not enough
          dict(axis="fact", lang="zh", prompt="p5", dpo_pass=7, sft_pass=6)]
-    assert [e["prompt"] for e in pick(m, min_pass=7, per_group=2)] == ["p5", "p1", "p2"]
-    assert [e["prompt"] for e in pick(m, min_pass=7, per_group=1)] == ["p5", "p1"]
+    assert [e["prompt"] for e in pick(m, min_pass=7, per_group=2)] == ["p5", "p1", "p2"]  # axes by name
+    assert [e["prompt"] for e in pick(m, min_pass=7, per_group=1, axis_order=("refusal", "fact"))] == ["p1", "p5"]
 
 
 def test_examples_for_a_run(tmp_path):
