@@ -69,10 +69,17 @@ train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.j
 	$(BIN)/deepspeed $(if $(HOSTFILE),--hostfile $(HOSTFILE)) --num_gpus $(NPROC) trainer/train_dpo.py $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) \
 		--model $(MODEL) --data $(DATA) --output_dir $(OUT) --deepspeed $(DS_CONFIG) $(ARGS)
 
-eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, OUT=)
-	$(BIN)/python -m minidpo.evaluate --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl --out $(OUT) $(ARGS)
+# the demo's rule-based judge; JUDGE=none for data without the demo's axes (preference metrics and KL only)
+JUDGE      ?= minidpo.demo.judge:judge_heldout
 
+eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, OUT=, JUDGE=)
+	$(BIN)/python -m minidpo.eval --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl --output_dir $(OUT) \
+		--judge $(JUDGE) $(ARGS)
+
+# the page's example prompts, chosen by measurement once per DPO run (app/pick_examples.py)
 app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=)
+	@test -f $(dir $(DPO))app_examples.json || ! test -f $(DATA_DIR)/heldout.jsonl || \
+		$(BIN)/python -m app.pick_examples --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl
 	$(BIN)/python -m app.compare --sft $(SFT) --dpo $(DPO) --port $(PORT) $(ARGS)
 
 tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1:6006

@@ -49,11 +49,11 @@ def _data_inspect(args) -> int:
             print(f"minidpo: error: --model {args.model!r} is not a folder (give a local model or tokenizer "
                   "folder; nothing is downloaded)", file=sys.stderr)
             return 2
-        from transformers import AutoTokenizer
+        from minidpo.models import load_tokenizer  # the one loader: local files only, pad = EOS when missing
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(args.model)
-        except (OSError, ValueError) as e:
+            tokenizer = load_tokenizer(args.model)
+        except ValueError as e:
             print(f"minidpo: error: cannot load a tokenizer from {args.model!r} (a local folder with "
                   f"tokenizer files is needed; nothing is downloaded): {e}", file=sys.stderr)
             return 2

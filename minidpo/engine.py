@@ -124,9 +124,9 @@ def load_causal_lm(path: str, *, trainable: bool, activation_checkpointing: int 
     """A local Hugging Face causal LM, loaded in float32 (DeepSpeed casts to the training precision).
     activation_checkpointing n > 0: every n-th decoder layer keeps only its input and recomputes the
     rest in the backward (n = 1: all layers, about a third more compute for much less activation memory)."""
-    from transformers import AutoModelForCausalLM
+    from minidpo.models import load_weights  # the one loader (one-line errors)
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, local_files_only=True)
+    model = load_weights(path, dtype=torch.float32)
     model.config.use_cache = False
     if trainable:
         model.train()
@@ -150,9 +150,6 @@ def enable_activation_checkpointing(model, every_n_layers: int) -> None:
 
 
 def load_tokenizer(path: str):
-    from transformers import AutoTokenizer
+    from minidpo.models import load_tokenizer as load  # local files only, pad token = EOS when missing
 
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token  # padding is masked out everywhere; any id will do
-    return tok
+    return load(path)

@@ -1,9 +1,10 @@
-"""Score finished responses with a causal LM: log pi(response | prompt) and DPO's implicit reward.
+"""Score finished answers with a causal LM: log pi(answer | prompt), and DPO's implicit reward.
 
-Used by the comparison app (which answer does the DPO model prefer, and by how much) and by
-evaluation. The ids are built exactly as the trainer builds them (`minidpo.data.encode_prompt_response`:
-same chat template, same end-of-turn token), so a number printed here means what `logps/chosen` means
-in training.
+The one scoring path for eval (held-out pairs, KL), the app (implicit rewards of two answers) and
+anyone scoring from Python. Ids are built exactly as the trainer builds them (`minidpo.data.ChatEncoder`:
+same chat template, same end-of-turn token), padded by the data layer's `collate_pairs` and reduced by
+`minidpo.logprobs.sequence_logprobs`, so a number printed here means what `logps/chosen` means in
+training.
 
     r(y) = beta * (log pi_policy(y | x) - log pi_reference(y | x))
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from minidpo.data import TokenizedPair, collate_pairs
 from minidpo.logprobs import sequence_logprobs
 
 
@@ -25,14 +27,49 @@ def _model_device(model) -> torch.device:
         return torch.device("cpu")
 
 
-def _pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
 @torch.no_grad()
+def score_rows(model, rows: list[tuple[list[int], list[int]]], pad_id: int, *, reduction: str = "sum",
+               batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi(response | prompt), number of response tokens) for (prompt_ids, response_ids) rows.
+
+    Rows are sorted by length, batched and right-padded by `collate_pairs` (two rows per
+    TokenizedPair with an empty shared prompt; each row's own prompt is then masked out of the
+    loss mask). Returns two (len(rows),) float32 CPU tensors in the order of `rows`.
+    """
+    for p, _ in rows:
+        if not p:
+            raise ValueError("a scored response needs at least one prompt token before it")
+    device = _model_device(model)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
+    logps, n_tokens = torch.zeros(len(rows)), torch.zeros(len(rows))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        half = -(-len(idx) // 2)
+        first, second = idx[:half], idx[half:]
+        if len(second) < len(first):
+            second = second + [idx[-1]]  # an odd batch scores its longest row twice
+        pairs = [TokenizedPair([], list(rows[a][0]) + list(rows[a][1]), list(rows[b][0]) + list(rows[b][1]))
+                 for a, b in zip(first, second)]
+        batch = collate_pairs(pairs, pad_id)
+        which = first + second  # collate_pairs: chosen rows first, then rejected rows
+        for n, i in enumerate(which):
+            batch["loss_mask"][n, :len(rows[i][0])] = 0  # score the response only
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+        lp, nt = sequence_logprobs(logits, batch["input_ids"].to(device), batch["loss_mask"].to(device),
+                                   reduction=reduction)
+        logps[which] = lp.float().cpu()
+        n_tokens[which] = nt.float().cpu()
+    return logps, n_tokens
+
+
+def encode_responses(tokenizer, prompt_messages: list[dict], responses: list[str], encoder=None):
+    """(prompt_ids, response_ids) rows for answers to one prompt, tokenized as in training."""
+    from minidpo.data import ChatEncoder
+
+    encoder = encoder or ChatEncoder(tokenizer)
+    return [tuple(map(list, encoder.encode_prompt_response(prompt_messages, r))) for r in responses]
+
+
 def response_logprobs(
     model,
     tokenizer,
@@ -56,35 +93,12 @@ def response_logprobs(
     Returns:
         (len(responses),) float32 tensor on the CPU.
     """
-    from minidpo.data import encode_prompt_response  # the trainer's own tokenisation
+    from minidpo.models import pad_id
 
-    device = _model_device(model)
-    pad_id = _pad_id(tokenizer)
-    out: list[torch.Tensor] = []
-    for start in range(0, len(responses), batch_size):
-        rows = []
-        for response in responses[start : start + batch_size]:
-            prompt_ids, response_ids = encode_prompt_response(tokenizer, prompt_messages, response)
-            prompt_ids = [int(t) for t in prompt_ids]
-            response_ids = [int(t) for t in response_ids]
-            if not prompt_ids:
-                raise ValueError("a scored response needs at least one prompt token before it")
-            rows.append((prompt_ids, response_ids))
-        width = max(len(p) + len(r) for p, r in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        loss_mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (p, r) in enumerate(rows):
-            n = len(p) + len(r)
-            input_ids[i, :n] = torch.tensor(p + r, dtype=torch.long)
-            attention_mask[i, :n] = 1
-            loss_mask[i, len(p) : n] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        logps, _ = sequence_logprobs(logits, input_ids.to(device), loss_mask.to(device), reduction=reduction)
-        out.append(logps.float().cpu())
-    if not out:
+    if not responses:
         return torch.zeros(0, dtype=torch.float32)
-    return torch.cat(out)
+    rows = encode_responses(tokenizer, prompt_messages, responses)
+    return score_rows(model, rows, pad_id(tokenizer), reduction=reduction, batch_size=batch_size)[0]
 
 
 def implicit_rewards(

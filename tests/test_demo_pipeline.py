@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 def test_sft_then_dpo_then_eval(tmp_path):
     from minidpo.demo.generate import read_jsonl, write_dataset
     from minidpo.demo.presets import corpus_from_records, make_init_model
-    from minidpo.evaluate import evaluate
+    from minidpo.demo.judge import judge_heldout
+    from minidpo.eval import evaluate
 
     data = tmp_path / "data"
     write_dataset(data, n_train=96, n_heldout=16)
@@ -35,7 +36,8 @@ def test_sft_then_dpo_then_eval(tmp_path):
     assert [r["step"] for r in rows] == [2, 4]
 
     result = evaluate(sft["export"], dpo["export"], data / "heldout.jsonl", tmp_path / "eval", beta=0.1,
-                      n_generate=8, max_new_tokens=24, n_kl=4, kl_max_new_tokens=16, batch_size=8)
+                      n_generate=8, max_new_tokens=24, n_kl=4, kl_max_new_tokens=16, batch_size=8,
+                      judge=judge_heldout)
     assert (tmp_path / "eval/eval.json").is_file() and (tmp_path / "eval/eval.md").is_file()
     assert "NaN" not in json.dumps(result)
     pref = result["preference"]

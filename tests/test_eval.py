@@ -1,4 +1,5 @@
-"""minidpo.evaluate on tiny random models: every figure computed and in range, files written."""
+"""minidpo.eval on tiny random models: every figure computed and in range, files written; the CLI's
+flags (new spellings and the old aliases); held-out data in the trainer's other formats."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import math
 import pytest
 
 from minidpo.demo.generate import AXES, write_dataset
-from minidpo.evaluate import evaluate, main
+from minidpo.demo.judge import judge_heldout
+from minidpo.eval import evaluate
+from minidpo.evaluate import main  # the old command name, kept as an alias (judges with the demo's judge)
 
-FAST = dict(n_generate=16, max_new_tokens=8, n_kl=8, batch_size=8)
+FAST = dict(n_generate=16, max_new_tokens=8, n_kl=8, batch_size=8, judge=judge_heldout)
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +89,8 @@ def test_two_different_models_and_cli(tiny_model_dir, heldout, tmp_path):
 
 
 def test_skipping_generation_and_kl(tiny_model_dir, heldout, tmp_path):
-    res = evaluate(tiny_model_dir, tiny_model_dir, heldout, tmp_path, n_generate=0, n_kl=0, tensorboard=False)
+    res = evaluate(tiny_model_dir, tiny_model_dir, heldout, tmp_path, n_generate=0, n_kl=0, tensorboard=False,
+                   judge=judge_heldout)
     assert res["judge"] is None and res["kl"] is None and res["examples"] == []
     assert "Preference accuracy" in (tmp_path / "eval.md").read_text(encoding="utf-8")
 
@@ -97,18 +101,22 @@ def test_clear_errors(tiny_model_dir, heldout, tmp_path):
     other_vocab = build_tiny_model_dir(tmp_path / "v", vocab_size=300)
     with pytest.raises(ValueError, match="tokenizers .* differ"):
         evaluate(tiny_model_dir, str(other_vocab), heldout, tmp_path / "x", n_generate=0, n_kl=0)
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="DPO model folder .* has no config.json"):
+        evaluate(tiny_model_dir, str(tmp_path / "empty"), heldout, tmp_path / "x")
+    with pytest.raises(ValueError, match="DPO model folder not found: .*missing"):  # one loader, one message
         evaluate(tiny_model_dir, str(tmp_path / "missing"), heldout, tmp_path / "x")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a"}\n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: missing field 'rejected'"):
+    # the trainer's reader names file, line and field
+    with pytest.raises(ValueError, match=r'bad.jsonl:1: field "rejected": missing'):
         evaluate(tiny_model_dir, tiny_model_dir, bad, tmp_path / "y")
     with pytest.raises(ValueError, match="beta"):
         evaluate(tiny_model_dir, tiny_model_dir, heldout, tmp_path / "z", beta=0.0)
 
 
 def test_beta_from_the_dpo_run_config(tmp_path):
-    from minidpo.evaluate import trained_beta
+    from minidpo.models import trained_beta
 
     export = tmp_path / "run" / "export"
     export.mkdir(parents=True)

@@ -2,10 +2,11 @@
 
     python -m minidpo.demo.generate --out data/demo                        # train/heldout JSONL + manifest
     python -m minidpo.demo.presets --data data/demo --out runs/demo-init   # tokenizer + untrained model
-    (SFT with minidpo.sft, DPO with the trainer, then)  python -m minidpo.evaluate ...
+    (SFT with minidpo.sft, DPO with the trainer, then)  python -m minidpo.eval ... --judge minidpo.demo.judge:judge_heldout
 
     minidpo.demo.generate   generate(seed, n_train, n_heldout), write_dataset(out_dir, ...), read_jsonl(path)
-    minidpo.demo.judge      judge(axis, prompt, answer, lang, meta) -> bool, judge_record(record, answer)
+    minidpo.demo.judge      judge(axis, prompt, answer, lang, meta) -> bool, judge_record(record, answer),
+                            judge_heldout(pair, answer): the judge `python -m minidpo.eval --judge` takes
     minidpo.demo.presets    PRESETS, build_model(preset, tokenizer), make_init_model(out_dir, preset, texts)
 
 Submodules are imported on use (so `python -m minidpo.demo.<module>` runs cleanly). See docs/demo.md.

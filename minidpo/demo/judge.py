@@ -122,3 +122,11 @@ def judge(axis: str, prompt: str, answer: str, lang: str, meta: dict | None = No
 def judge_record(record: dict, answer: str) -> bool:
     """judge() with the axis, prompt, language and meta of a generated demo record."""
     return judge(record["axis"], record["prompt"], answer, record["lang"], record.get("meta"))
+
+
+def judge_heldout(pair, answer: str) -> bool | None:
+    """The demo's judge for `minidpo.eval` (a held-out pair with `axis`, `lang`, `meta`, `prompt`):
+    None for a record without a judged axis or a language, else `judge`'s verdict."""
+    if getattr(pair, "axis", None) not in JUDGED_AXES or getattr(pair, "lang", None) is None:
+        return None
+    return judge(pair.axis, pair.prompt, answer, pair.lang, pair.meta)

@@ -1,0 +1,3 @@
+from minidpo.eval.cli import main
+
+main()
