@@ -1,6 +1,7 @@
 """The `minidpo` command.
 
     minidpo data inspect FILE [--model PATH] [--max_length N] [--max_prompt_length N] [--data_format F]
+    minidpo export-minimind RUN_OR_EXPORT OUT.pth
 
 Subcommands are registered in COMMANDS: each entry is a function that receives the `add_subparsers()`
 object, adds its parser(s) and sets `func=` (called with the parsed args, returns an exit code).
@@ -63,7 +64,26 @@ def _data_inspect(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_data_command]
+def _add_export_minimind_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export-minimind", help="write a trained model as a MiniMind .pth (fp16 state dict)",
+        description="Write a run's Hugging Face export (or any Hugging Face folder of a MiniMind-shaped Qwen3, "
+        "Qwen3-MoE or Llama model) as a MiniMind .pth: the fp16 state dict in MiniMind's key layout, experts "
+        "unfused, which MiniMind's own scripts load with strict loading.")
+    p.add_argument("source", metavar="RUN_OR_EXPORT", help="a run folder (its export/ is used) or a Hugging Face folder")
+    p.add_argument("out", metavar="OUT.pth", help="the .pth file to write")
+    p.set_defaults(func=_export_minimind)
+
+
+def _export_minimind(args) -> int:
+    from minidpo.minimind import export_minimind, minimind_config_args
+
+    spec = export_minimind(args.source, args.out)
+    print(f"{args.out}: {spec.describe()}\nMiniMind's scripts take it with: {minimind_config_args(spec)}")
+    return 0
+
+
+COMMANDS: list[Callable] = [_add_data_command, _add_export_minimind_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

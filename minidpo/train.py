@@ -48,6 +48,7 @@ def load_data(cfg: RunConfig, tokenizer, rank: int, log):
         return load_preference_data(
             cfg.data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
             data_format=cfg.data_format, on_bad_record=cfg.on_bad_record, log=log,
+            chat_template=cfg.chat_template,
         )
     dataset = load() if rank == 0 else None
     dist.barrier()
@@ -102,8 +103,8 @@ def resolve_model_sources(cfg: RunConfig, rank: int) -> None:
 
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            cfg.model = hf_folder(cfg.model, role="--model")
-            cfg.ref_model = cfg.ref_model and hf_folder(cfg.ref_model, role="--ref_model")
+            cfg.model = hf_folder(cfg.model, tokenizer=cfg.tokenizer, role="--model")
+            cfg.ref_model = cfg.ref_model and hf_folder(cfg.ref_model, tokenizer=cfg.tokenizer, role="--ref_model")
         dist.barrier()
 
 

@@ -328,6 +328,7 @@ def load_preference_data(
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
+    chat_template: str = "auto",
 ) -> PreferenceDataset:
     """Read, validate, tokenize and truncate a preference file (or a folder of .json/.jsonl files).
 
