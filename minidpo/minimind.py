@@ -227,7 +227,8 @@ def hf_config(spec: MiniMindSpec, tokenizer=None):
     if spec.moe:
         return Qwen3MoeConfig(**common, rms_norm_eps=1e-6, num_experts=spec.num_experts, num_experts_per_tok=MOE_TOP_K,
                               moe_intermediate_size=spec.intermediate_size, norm_topk_prob=True, decoder_sparse_step=1,
-                              mlp_only_layers=[], router_aux_loss_coef=MOE_AUX_LOSS_COEF, output_router_logits=False)
+                              mlp_only_layers=[], router_aux_loss_coef=MOE_AUX_LOSS_COEF, output_router_logits=False,
+                              router_aux_loss_sum_over_layers=True)  # MiniMind's weighting: minidpo.moe
     return Qwen3Config(**common, rms_norm_eps=1e-6)
 
 

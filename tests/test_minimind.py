@@ -62,7 +62,7 @@ def make_state_dict(vocab: int, *, generation: str = "minimind-3", moe: bool = F
 
 # ----------------------------------------------------------- MiniMind's forward, from its description
 def spec_forward(sd: dict, ids: torch.Tensor, *, heads: int, kv_heads: int, head_dim: int, eps: float,
-                 qk_norm: bool, experts: int = 0) -> torch.Tensor:
+                 qk_norm: bool, experts: int = 0, router_probs: list | None = None) -> torch.Tensor:
     """fp32 logits: RMSNorm, q/k RMSNorm over the head dim before rotate-half RoPE (theta 1e6), GQA,
     causal softmax attention, SwiGLU; MoE: softmax router, top-1 expert, weight renormalised to 1."""
     W = {k: v.float() for k, v in sd.items()}
@@ -102,6 +102,8 @@ def spec_forward(sd: dict, ids: torch.Tensor, *, heads: int, kv_heads: int, head
         h = rms(x, W[p + "post_attention_layernorm.weight"])
         if experts:
             probs = (h @ W[p + "mlp.gate.weight"].T).softmax(-1)
+            if router_probs is not None:
+                router_probs.append(probs.reshape(-1, experts))
             top = probs.argmax(-1)  # top-1; its renormalised weight is exactly 1
             out = torch.zeros_like(h)
             for e in range(experts):
@@ -304,3 +306,107 @@ def test_export_cli(converted, tmp_path, capsys):
     assert "--hidden_size 32 --num_hidden_layers 2 --use_moe 1" in capsys.readouterr().out
     assert main(["export-minimind", str(tmp_path), str(tmp_path / "x.pth")]) == 2
     assert "neither a Hugging Face model folder nor a run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ MoE DPO
+MOE_KW = dict(heads=4, kv_heads=2, head_dim=12, eps=1e-6, qk_norm=True, experts=4)
+
+
+def test_router_loss_is_minimind_sum_over_layers(converted):
+    """E * sum_e load_e * mean_prob_e per layer (MiniMind's MOEFeedForward), summed over the layers."""
+    from transformers import AutoModelForCausalLM
+
+    from minidpo.moe import RouterLoss
+
+    _, sd, folder = converted["minimind-3-moe"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    router = RouterLoss.attach(model)
+    assert router is not None and len(router.routers) == 2
+    ids = torch.randint(0, sd["model.embed_tokens.weight"].shape[0], (2, 19), generator=torch.Generator().manual_seed(3))
+    router.clear()
+    model(input_ids=ids)
+    ours = router.loss({"attention_mask": torch.ones_like(ids)})
+    probs = []
+    spec_forward(sd, ids, **MOE_KW, router_probs=probs)
+    expected = 0.0
+    for p in probs:
+        load = torch.nn.functional.one_hot(p.argmax(-1), 4).float().mean(0)
+        expected += 4 * (load * p.mean(0)).sum()
+    assert len(probs) == 2 and ours.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert ours.item() > 2 * 1.0  # two layers, each at least 1 (1 = perfectly balanced)
+
+
+def test_moe_packed_forward_equals_two_sequences(converted):
+    """Routing is per token: the shared-prompt forward gives the same log-probs, gradients and router loss."""
+    import random
+
+    from transformers import AutoModelForCausalLM
+
+    from minidpo.data import TokenizedPair, collate_pairs
+    from minidpo.data.collate import collate_packed
+    from minidpo.logprobs import concatenated_logps, packed_forward_unsupported, packed_logps
+    from minidpo.moe import RouterLoss
+
+    _, sd, folder = converted["minimind-3-moe"]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    assert packed_forward_unsupported(model) is None
+    rng = random.Random(0)
+    word = lambda k: [rng.randrange(3, 300) for _ in range(k)]  # noqa: E731
+    pairs = [TokenizedPair(word(rng.randint(2, 9)), word(rng.randint(1, 8)), word(rng.randint(1, 8))) for _ in range(3)]
+    router = RouterLoss.attach(model)
+    results = []
+    for collate, fn in ((collate_pairs, concatenated_logps), (collate_packed, packed_logps)):
+        model.zero_grad()
+        batch = collate(pairs, 0)
+        router.clear()
+        chosen, rejected, _ = fn(model, batch, "sum")
+        aux = router.loss(batch)
+        (chosen.sum() - rejected.sum() + aux).backward()
+        grad = model.model.layers[0].mlp.gate.weight.grad.clone()
+        results.append((chosen.detach(), rejected.detach(), aux.detach(), grad))
+    (c1, r1, a1, g1), (c2, r2, a2, g2) = results
+    torch.testing.assert_close(c2, c1, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(r2, r1, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(a2, a1, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["minimind-3", "minimind-3-moe"])
+def test_dpo_from_a_minimind_pth_through_make_train(kind, converted, tokenizer_dir, tmp_path):
+    """`make train MODEL=x.pth TOKENIZER=dir DATA=...` on MiniMind-format data, real DeepSpeed engines:
+    the command line make prints (`-n`; `-o .venv/bin/.installed` keeps it from reinstalling the venv),
+    run with a free rendezvous port (other runs on the machine may hold the default one). Then back to a
+    MiniMind .pth."""
+    import shlex
+    import socket
+
+    path, sd, _ = converted[kind]
+    out = tmp_path / "run"
+    args = ("--max_steps 2 --batch_size 1 --dtype fp32 --max_length 96 --max_prompt_length 48 --log_interval 1 "
+            "--save_interval 0 --learning_rate 1e-3")
+    make = ["make", "-n", "-s", "-o", ".venv/bin/.installed", "train", f"MODEL={path}", f"TOKENIZER={tokenizer_dir}",
+           f"DATA={ROOT}/tests/data/minimind.jsonl", f"OUT={out}", "DS_CONFIG=ds_configs/zero0.json", f"ARGS={args}"]
+    printed = subprocess.run(make, cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    cmd = shlex.split(printed.replace("\\\n", " "))
+    assert cmd[0].endswith(".venv/bin/deepspeed") and cmd[cmd.index("--tokenizer") + 1] == tokenizer_dir
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    proc = subprocess.run(cmd[:1] + ["--master_port", port] + cmd[1:], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "shared-prompt forward off" not in proc.stdout + proc.stderr  # MoE trains packed too
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert len(rows) == 2 and rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert rows[1]["loss"] != rows[0]["loss"]
+    if kind.endswith("moe"):
+        assert all(r["aux_loss"] >= 2.0 for r in rows)  # 2 layers, each >= 1, weighted 5e-4 into the loss
+        assert json.load(open(out / "export" / "config.json"))["router_aux_loss_sum_over_layers"] is True
+    else:
+        assert "aux_loss" not in rows[0]
+    back = tmp_path / "dpo.pth"
+    assert subprocess.run([sys.executable, "-m", "minidpo.cli", "export-minimind", str(out), str(back)],
+                          cwd=ROOT, capture_output=True).returncode == 0
+    trained = torch.load(back, weights_only=True)
+    assert sorted(trained) == sorted(sd)
+    assert not torch.equal(trained["model.layers.0.self_attn.q_proj.weight"], sd["model.layers.0.self_attn.q_proj.weight"])
