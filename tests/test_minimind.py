@@ -333,6 +333,7 @@ def test_router_loss_is_minimind_sum_over_layers(converted):
         load = torch.nn.functional.one_hot(p.argmax(-1), 4).float().mean(0)
         expected += 4 * (load * p.mean(0)).sum()
     assert len(probs) == 2 and ours.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert all(len(p.argmax(-1).unique()) > 1 for p in probs)  # the tokens really spread over the experts
     assert ours.item() > 2 * 1.0  # two layers, each at least 1 (1 = perfectly balanced)
 
 
