@@ -372,6 +372,7 @@ def test_moe_packed_forward_equals_two_sequences(converted):
     torch.testing.assert_close(g2, g1, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["minimind-3", "minimind-3-moe"])
 def test_dpo_from_a_minimind_pth_through_make_train(kind, converted, tokenizer_dir, tmp_path):
     """`make train MODEL=x.pth TOKENIZER=dir DATA=...` on MiniMind-format data, real DeepSpeed engines:
