@@ -19,6 +19,8 @@ DPO        ?= $(OUT)/export
 # the demo's hyper-parameters only apply to the demo model; your own model starts from the defaults
 RUN_CONFIG ?= $(if $(filter $(SFT),$(MODEL)),configs/demo_dpo.yaml)
 ARGS       ?=
+# the tokenizer folder for a MODEL that carries none (a MiniMind .pth: ../minimind/model)
+TOKENIZER  ?=
 PORT       ?= 7860
 
 BIN := $(VENV)/bin
@@ -65,9 +67,9 @@ runs/sft/export/config.json: $(INIT)/config.json
 sft: runs/sft/export/config.json  ## train the demo SFT model (tokenizer + tiny Llama, SFT on both answers)
 
 # The demo SFT model is built first when the default model is used and missing.
-train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.json)  ## DPO training (MODEL=, DATA=, OUT=, NPROC=, HOSTFILE=, DS_CONFIG=, ARGS=)
+train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.json)  ## DPO training (MODEL=, TOKENIZER=, DATA=, OUT=, NPROC=, HOSTFILE=, DS_CONFIG=, ARGS=)
 	$(BIN)/deepspeed $(if $(HOSTFILE),--hostfile $(HOSTFILE)) --num_gpus $(NPROC) trainer/train_dpo.py $(if $(RUN_CONFIG),--config $(RUN_CONFIG)) \
-		--model $(MODEL) --data $(DATA) --output_dir $(OUT) --deepspeed $(DS_CONFIG) $(ARGS)
+		--model $(MODEL) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --data $(DATA) --output_dir $(OUT) --deepspeed $(DS_CONFIG) $(ARGS)
 
 # the demo's rule-based judge; JUDGE=none for data without the demo's axes (preference metrics and KL only)
 JUDGE      ?= minidpo.demo.judge:judge_heldout

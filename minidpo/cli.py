@@ -1,6 +1,7 @@
 """The `minidpo` command.
 
     minidpo data inspect FILE [--model PATH] [--max_length N] [--max_prompt_length N] [--data_format F]
+    minidpo export-minimind RUN_OR_EXPORT OUT.pth
 
 Subcommands are registered in COMMANDS: each entry is a function that receives the `add_subparsers()`
 object, adds its parser(s) and sets `func=` (called with the parsed args, returns an exit code).
@@ -26,12 +27,15 @@ def _add_data_command(subparsers) -> None:
         "rendered as the model sees it with the masked prompt part marked. Without --model, lengths are "
         "in characters and the pair is shown in the plain fallback template.",
     )
-    p.add_argument("file", help="a .json / .jsonl file, or a folder of them")
+    p.add_argument("file", help="a .json / .jsonl / .parquet / .arrow file, or a folder of them")
     p.add_argument("--model", help="a local model or tokenizer folder: token lengths, truncation and masks")
     p.add_argument("--max_length", type=int, default=1024, help="most tokens of prompt + answer (default 1024)")
     p.add_argument("--max_prompt_length", type=int, default=None, help="most prompt tokens (default: no limit)")
     p.add_argument("--data_format", default="auto",
-                   help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl")
+                   help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl, "
+                   "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized)")
+    p.add_argument("--chat_template", choices=("auto", "none"), default="auto",
+                   help="auto (default): the model's chat template; none: raw prompt + answer + EOS (string data)")
     p.add_argument("--index", type=int, default=0, help="which pair to show (default 0)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="dim the masked prompt (auto: when printing to a terminal); otherwise [[brackets]]")
@@ -39,7 +43,7 @@ def _add_data_command(subparsers) -> None:
 
 
 def _data_inspect(args) -> int:
-    from minidpo.data.inspect import inspect_data
+    from minidpo.data.inspect import inspect_report
 
     tokenizer = None
     if args.model:
@@ -58,12 +62,36 @@ def _data_inspect(args) -> int:
                   f"tokenizer files is needed; nothing is downloaded): {e}", file=sys.stderr)
             return 2
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
-    print(inspect_data(args.file, tokenizer, max_length=args.max_length, max_prompt_length=args.max_prompt_length,
-                       data_format=args.data_format, index=args.index, color=color))
+    report, pairs = inspect_report(args.file, tokenizer, max_length=args.max_length,
+                                   max_prompt_length=args.max_prompt_length, data_format=args.data_format,
+                                   index=args.index, color=color, chat_template=args.chat_template)
+    print(report)
+    if not pairs:
+        print(f"minidpo: error: {args.file}: no valid preference pair left (see the problems above)", file=sys.stderr)
+        return 1
     return 0
 
 
-COMMANDS: list[Callable] = [_add_data_command]
+def _add_export_minimind_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "export-minimind", help="write a trained model as a MiniMind .pth (fp16 state dict)",
+        description="Write a run's Hugging Face export (or any Hugging Face folder of a MiniMind-shaped Qwen3, "
+        "Qwen3-MoE or Llama model) as a MiniMind .pth: the fp16 state dict in MiniMind's key layout, experts "
+        "unfused, which MiniMind's own scripts load with strict loading.")
+    p.add_argument("source", metavar="RUN_OR_EXPORT", help="a run folder (its export/ is used) or a Hugging Face folder")
+    p.add_argument("out", metavar="OUT.pth", help="the .pth file to write")
+    p.set_defaults(func=_export_minimind)
+
+
+def _export_minimind(args) -> int:
+    from minidpo.minimind import export_minimind, minimind_config_args
+
+    spec = export_minimind(args.source, args.out)
+    print(f"{args.out}: {spec.describe()}\nMiniMind's scripts take it with: {minimind_config_args(spec)}")
+    return 0
+
+
+COMMANDS: list[Callable] = [_add_data_command, _add_export_minimind_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

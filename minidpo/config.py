@@ -19,6 +19,7 @@ from minidpo.logprobs import REDUCTIONS
 from minidpo.losses import check_loss_settings
 
 DTYPES = ("bf16", "fp16", "fp32")
+CHAT_TEMPLATES = ("auto", "none")
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,7 @@ class ConfigError(ValueError):
 @dataclass
 class RunConfig:
     # what to train, on what
-    model: str = field(default="runs/sft/export", metadata={"help": "policy: a local Hugging Face causal-LM folder or a .gguf file"})
+    model: str = field(default="runs/sft/export", metadata={"help": "policy: a local Hugging Face causal-LM folder, a .gguf file or a MiniMind .pth (with --tokenizer)"})
     ref_model: str | None = field(default=None, metadata={"help": "reference model folder (default: same as --model)"})
     data: str = field(default="data/demo/train.jsonl", metadata={"help": "preference data: JSON/JSONL file or folder"})
     data_format: str = field(default="auto", metadata={"help": "auto, or force a format (see docs)"})
@@ -78,6 +79,17 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
+
+    # model sources (MiniMind .pth): the tokenizer folder a bare state dict lacks
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "tokenizer folder for a --model / --ref_model that carries none "
+                                "(a MiniMind .pth: its checkout's model/ folder)"}
+    )
+    # data rendering
+    chat_template: str = field(
+        default="auto", metadata={"help": "auto: the tokenizer's chat template (prompts already templated are "
+                                  "used as they are); none: raw prompt + answer + EOS (TRL's string data)"}
+    )
 
     @property
     def ref_model_path(self) -> str:
@@ -167,6 +179,13 @@ def validate(cfg: RunConfig) -> None:
             if not os.path.isfile(path):
                 raise ConfigError(f"--{name} {path}: no such GGUF file")
             continue
+        if path.endswith((".pth", ".pt")):  # a MiniMind state dict, converted once by minidpo.minimind
+            if not os.path.isfile(path):
+                raise ConfigError(f"--{name} {path}: no such MiniMind checkpoint file")
+            if not cfg.tokenizer:
+                raise ConfigError(f"--{name} {path}: a MiniMind .pth holds no tokenizer: pass --tokenizer with "
+                                  "MiniMind's tokenizer folder (make ... TOKENIZER=../minimind/model)")
+            continue
         if not os.path.isdir(path):
             hint = " (run `make sft` to build the demo SFT model)" if path == RunConfig.model else ""
             raise ConfigError(f"--{name} {path}: not a folder{hint}")
@@ -180,6 +199,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--dtype {cfg.dtype}: choose one of {', '.join(DTYPES)}")
     if cfg.logps_reduction not in REDUCTIONS:
         raise ConfigError(f"--logps_reduction {cfg.logps_reduction}: choose one of {', '.join(REDUCTIONS)}")
+    if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
+        raise ConfigError(f"--tokenizer {cfg.tokenizer}: not a folder")
+    if cfg.chat_template not in CHAT_TEMPLATES:
+        raise ConfigError(f"--chat_template {cfg.chat_template}: choose one of {', '.join(CHAT_TEMPLATES)}")
     if cfg.on_bad_record not in ("error", "skip"):
         raise ConfigError(f"--on_bad_record {cfg.on_bad_record}: choose error or skip")
     try:

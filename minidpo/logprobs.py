@@ -169,12 +169,13 @@ PACKED_ATTENTION = ("sdpa", "eager")
 
 def packed_forward_unsupported(model) -> str | None:
     """Why `model` cannot take the packed forward (None when it can). It needs a custom 4D attention
-    mask (sdpa / eager attention) and must not need the 2D padding mask (MoE router losses do)."""
+    mask (sdpa / eager attention) and must not need the 2D padding mask (transformers' own MoE router
+    losses do; MiniMind's, computed by minidpo.moe from per-token routing, does not)."""
     config = getattr(model, "module", model).config
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in PACKED_ATTENTION:
         return f"attention implementation {impl!r} takes no custom 4D mask (needs {' or '.join(PACKED_ATTENTION)})"
-    if getattr(config, "output_router_logits", None) is not None:
+    if getattr(config, "output_router_logits", None):
         return "mixture-of-experts router losses need the plain padding mask"
     return None
 

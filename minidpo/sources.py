@@ -5,6 +5,7 @@ not one is converted once into a cached folder, keyed on the file's content, so 
 
     folder                      a Hugging Face causal-LM folder: returned as it is
     file.gguf                   llama.cpp GGUF (minidpo.gguf)
+    file.pth                    a MiniMind weights or resume file, with `tokenizer=` (minidpo.minimind)
 
 `hf_folder` is the one entry point; a new kind of source adds a branch here and nowhere else.
 """
@@ -34,7 +35,19 @@ def hf_folder(path: str, *, tokenizer: str | None = None, role: str = "--model")
             return ensure_hf_folder(path)
         except GGUFError as e:
             raise SourceError(f"{role} {e}") from e
+    if is_minimind_path(path):
+        from minidpo.minimind import MiniMindError, ensure_hf_folder as minimind_folder
+
+        try:
+            return minimind_folder(path, tokenizer)
+        except MiniMindError as e:
+            raise SourceError(f"{role} {e}") from e
     return path
+
+
+def is_minimind_path(path: str) -> bool:
+    """A MiniMind checkpoint: a bare PyTorch state dict (.pth / .pt)."""
+    return str(path).endswith((".pth", ".pt"))
 
 
 def _is_gguf(path: str) -> bool:

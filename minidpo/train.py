@@ -31,11 +31,15 @@ from minidpo.engine import (
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
 from minidpo.losses import preference_loss
 from minidpo.metrics import MetricTracker
+from minidpo.moe import RouterLoss, sums_over_layers
 from minidpo.reference import load_or_compute_reference_logps
 
 
 def enable_moe_aux_loss(model, coef: float | None) -> float:
-    """Ask a mixture-of-experts model for its router aux loss; returns the weight to add it with."""
+    """Ask a mixture-of-experts model for its router aux loss; returns the weight to add it with.
+    MiniMind's loss (summed over layers) is computed by minidpo.moe.RouterLoss, not by the model."""
+    if sums_over_layers(model.config):
+        return coef if coef is not None else float(model.config.router_aux_loss_coef)
     if getattr(model.config, "output_router_logits", None) is None:
         return 0.0
     model.config.output_router_logits = True
@@ -48,6 +52,7 @@ def load_data(cfg: RunConfig, tokenizer, rank: int, log):
         return load_preference_data(
             cfg.data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
             data_format=cfg.data_format, on_bad_record=cfg.on_bad_record, log=log,
+            chat_template=cfg.chat_template,
         )
     dataset = load() if rank == 0 else None
     dist.barrier()
@@ -102,8 +107,8 @@ def resolve_model_sources(cfg: RunConfig, rank: int) -> None:
 
     for turn in (0, 1):
         if (rank == 0) == (turn == 0):
-            cfg.model = hf_folder(cfg.model, role="--model")
-            cfg.ref_model = cfg.ref_model and hf_folder(cfg.ref_model, role="--ref_model")
+            cfg.model = hf_folder(cfg.model, tokenizer=cfg.tokenizer, role="--model")
+            cfg.ref_model = cfg.ref_model and hf_folder(cfg.ref_model, tokenizer=cfg.tokenizer, role="--ref_model")
         dist.barrier()
 
 
@@ -156,6 +161,7 @@ def train(cfg: RunConfig) -> dict:
     run = prepare_run(cfg)
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing)
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
+    router = RouterLoss.attach(policy_model)  # MiniMind's MoE aux loss; None for other models
     run.collate = choose_collate(cfg, policy_model, run.log)
     policy = build_policy_engine(
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -184,7 +190,11 @@ def train(cfg: RunConfig) -> dict:
         else:
             with torch.no_grad():
                 ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
+        if router:
+            router.clear()
         chosen, rejected, aux_loss = pair_logps(policy, batch, cfg.logps_reduction)
+        if router:
+            aux_loss = router.loss(batch)
         chosen_lengths = torch.tensor([1 if cfg.logps_reduction == "mean" else len(run.dataset[i].chosen_ids)
                                        for i in indices], device=chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(

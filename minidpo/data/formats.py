@@ -17,6 +17,15 @@ Formats (`data_format=`; "auto" detects it from the first record of each file):
 - "alpaca"   {"instruction", optional "input", "chosen", "rejected", optional "system",
              optional "history": [[user, assistant], ...]}
 - "trl"      (TRL's conversational form) {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
+- "hh"       (Anthropic HH-RLHF, the DPO paper's data) {"chosen": "\n\nHuman: ...\n\nAssistant: ...", "rejected": ...}:
+             transcripts as strings; the prompt is the shared transcript up to and including its last
+             "\n\nAssistant:" (not their longest common prefix, which can eat the start of two answers that
+             begin alike), parsed into user / assistant turns.
+- "ultrafeedback" (UltraFeedback-binarized) {"prompt": str, "chosen": [messages], "rejected": [messages]}: the
+             message lists repeat the user turn (which must be `prompt`); extra columns are ignored.
+
+Parquet (.parquet) and Arrow (.arrow: what `datasets.save_to_disk` writes) files and folders of such
+shards are read with pyarrow; their records are named "file.parquet:record 17".
 
 Keys other than these are ignored (ids, scores, ...).
 """
@@ -25,15 +34,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl")
+FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback")
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
-                  "llama_factory": "sharegpt", "trl_conversational": "trl"}
-DATA_SUFFIXES = (".json", ".jsonl")
+                  "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
+                  "ultrafeedback_binarized": "ultrafeedback"}
+TEXT_SUFFIXES = (".json", ".jsonl")
+SHARD_SUFFIXES = (".parquet", ".arrow")
+DATA_SUFFIXES = TEXT_SUFFIXES + SHARD_SUFFIXES
+DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")  # written by save_to_disk
+HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 
 class DataError(ValueError):
@@ -49,12 +64,16 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One preference: a prompt (chat messages, ending with a user turn) and two answers to it."""
+    """One preference: a prompt (chat messages, ending with a user turn) and two answers to it.
+
+    raw: for string data (the prompt format without a system turn, HH transcripts), the (prompt, chosen,
+    rejected) strings exactly as the record gives them: what chat_template="none" trains on."""
 
     prompt_messages: list[dict]
     chosen: str
     rejected: str
     source: str = ""
+    raw: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,15 +87,19 @@ class RawRecord:
 
 
 def data_files(path: str | os.PathLike) -> list[str]:
-    """The .json / .jsonl files at `path` (the file itself, or a folder's files in name order)."""
+    """The data files at `path`: the file itself, or a folder's .json / .jsonl files in name order, or
+    its Parquet / Arrow shards when it has any (beside them, `datasets`' own .json files are metadata)."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        files = sorted(
-            os.path.join(path, f) for f in os.listdir(path)
-            if f.endswith(DATA_SUFFIXES) and os.path.isfile(os.path.join(path, f))
-        )
+        names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
+        shards = [f for f in names if f.endswith(SHARD_SUFFIXES)]
+        texts = [f for f in names if f.endswith(TEXT_SUFFIXES) and f not in DATASETS_METADATA]
+        files = [os.path.join(path, f) for f in (shards or texts)]
         if not files:
-            raise DataError(f"{path}: the folder holds no .json or .jsonl files", "empty file")
+            splits = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
+            hint = (f" (a saved DatasetDict? pass one split's folder: {', '.join(splits)})"
+                    if "dataset_dict.json" in names and splits else "")
+            raise DataError(f"{path}: the folder holds no .json, .jsonl, .parquet or .arrow files{hint}", "empty file")
         return files
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file or folder", "missing file")
@@ -89,13 +112,16 @@ def _type_name(v: object) -> str:
 
 
 def read_records(file: str) -> Iterator[RawRecord]:
-    """Yield every record of one JSON or JSONL file, with its line number.
+    """Yield every record of one JSON, JSONL, Parquet or Arrow file, with its line (record) number.
 
     JSON vs JSONL is decided by content: a file whose first character is "[" is one JSON array;
     otherwise each non-blank line is one object, unless the whole file is one (pretty-printed) object,
     which is taken as one record, or as its only list value when it looks like {"data": [...]}.
     """
     name = os.path.basename(file)
+    if file.endswith(SHARD_SUFFIXES):
+        yield from _read_shard(file, name)
+        return
     try:
         with open(file, encoding="utf-8-sig") as f:
             text = f.read()
@@ -136,6 +162,32 @@ def read_records(file: str) -> Iterator[RawRecord]:
         except json.JSONDecodeError as e:
             yield RawRecord(source, DataError(f"{source}: malformed JSON ({e.msg} at column {e.colno})",
                                               "malformed JSON"))
+
+
+def _read_shard(file: str, name: str) -> Iterator[RawRecord]:
+    """The rows of a Parquet file or an Arrow file (IPC stream, as `datasets` writes it, or IPC file)."""
+    import pyarrow as pa
+
+    kind = "Parquet" if file.endswith(".parquet") else "Arrow"
+    try:
+        if kind == "Parquet":
+            import pyarrow.parquet as pq
+
+            batches = pq.ParquetFile(file).iter_batches(batch_size=1024)
+        else:
+            source = pa.memory_map(file)
+            try:
+                batches = iter(pa.ipc.open_stream(source))
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(source)
+                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        n = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                n += 1
+                yield RawRecord(f"{name}:record {n}", row)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{name}: not a readable {kind} file ({str(e).splitlines()[0][:200]})", "unreadable file") from None
 
 
 def _read_json_array(text: str, name: str, start: int | None = None) -> Iterator[RawRecord]:
@@ -207,13 +259,17 @@ def detect_format(record: object, source: str = "") -> str:
     if "instruction" in record:
         return "alpaca"
     if "prompt" in record:
-        return "trl" if isinstance(record["prompt"], list) else "prompt"
+        if isinstance(record["prompt"], list):
+            return "trl"
+        return "ultrafeedback" if isinstance(record.get("chosen"), list) else "prompt"
     if isinstance(record.get("chosen"), list) and isinstance(record.get("rejected"), list):
         return "messages"
+    if isinstance(record.get("chosen"), str) and HH_ASSISTANT in record["chosen"]:
+        return "hh"
     raise DataError(
         f"{where}cannot tell the data format from the keys {sorted(record)}: expected "
-        '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists, "conversations" (ShareGPT) or '
-        '"instruction" (Alpaca); or pass data_format=', "unknown format")
+        '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists or HH-RLHF transcripts, '
+        '"conversations" (ShareGPT) or "instruction" (Alpaca); or pass data_format=', "unknown format")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,12 +343,13 @@ class _Rec:
             self.fail(field, "the prompt must end with a user turn", "bad structure")
         return prompt
 
-    def pair(self, prompt: list[dict], chosen: str, rejected: str, prompt_field: str) -> PreferencePair:
+    def pair(self, prompt: list[dict], chosen: str, rejected: str, prompt_field: str,
+             raw: tuple[str, str, str] | None = None) -> PreferencePair:
         self.check_prompt(prompt, prompt_field)
         if chosen.strip() == rejected.strip():
             self.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
                       "chosen identical to rejected")
-        return PreferencePair(prompt, chosen, rejected, self.source)
+        return PreferencePair(prompt, chosen, rejected, self.source, raw)
 
 
 def _system(r: _Rec) -> list[dict]:
@@ -301,8 +358,11 @@ def _system(r: _Rec) -> list[dict]:
 
 
 def _parse_prompt(r: _Rec) -> PreferencePair:
-    prompt = _system(r) + [{"role": "user", "content": r.get("prompt", str)}]
-    return r.pair(prompt, r.get("chosen", str), r.get("rejected", str), "prompt")
+    system = _system(r)
+    prompt = system + [{"role": "user", "content": r.get("prompt", str)}]
+    chosen, rejected = r.get("chosen", str), r.get("rejected", str)
+    raw = None if system else (prompt[-1]["content"], chosen, rejected)
+    return r.pair(prompt, chosen, rejected, "prompt", raw)
 
 
 def _one_assistant(r: _Rec, msgs: list[dict], field: str, offset: int = 0) -> str:
@@ -360,8 +420,53 @@ def _parse_alpaca(r: _Rec) -> PreferencePair:
     return r.pair(prompt, r.get("chosen", str), r.get("rejected", str), "instruction")
 
 
+def _hh_turns(r: _Rec, transcript: str) -> list[dict]:
+    """"\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:" -> user / assistant messages (the open
+    last Assistant turn is where the answer goes, not a message)."""
+    text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript.lstrip("\n")
+    parts = re.split(r"\n\n(Human|Assistant):", text)
+    if parts[0].strip():
+        r.fail("chosen", f"text before the first {HH_HUMAN!r} turn: {parts[0][:40]!r}", "bad structure")
+    turns = [{"role": "user" if who == "Human" else "assistant", "content": said.strip()}
+             for who, said in zip(parts[1::2], parts[2::2])]
+    turns.pop()  # the open "Assistant:" the prompt ends with
+    for i, t in enumerate(turns):
+        if not t["content"]:
+            r.fail("chosen", f"turn {i + 1} ({t['role']}) of the transcript is empty", "empty field")
+        if i and t["role"] == turns[i - 1]["role"]:
+            r.fail("chosen", f"turns {i} and {i + 1} are both {t['role']} turns", "bad structure")
+    return turns
+
+
+def _parse_hh(r: _Rec) -> PreferencePair:
+    chosen, rejected = r.get("chosen", str), r.get("rejected", str)
+    prompts = []
+    for field, text in (("chosen", chosen), ("rejected", rejected)):
+        end = text.rfind(HH_ASSISTANT)
+        if end < 0:
+            r.fail(field, f"no {HH_ASSISTANT!r} turn: not an HH-RLHF transcript", "bad structure")
+        prompts.append(text[:end + len(HH_ASSISTANT)])
+    if prompts[0] != prompts[1]:
+        r.fail("rejected", f"does not share chosen's transcript up to its last {HH_ASSISTANT!r}", "bad structure")
+    prompt = prompts[0]
+    answers = (chosen[len(prompt):], rejected[len(prompt):])
+    for field, a in zip(("chosen", "rejected"), answers):
+        if not a.strip():
+            r.fail(field, f"the answer after the last {HH_ASSISTANT!r} is empty", "empty field")
+    return r.pair(_hh_turns(r, prompt), answers[0].strip(), answers[1].strip(), "chosen", (prompt, *answers))
+
+
+def _parse_ultrafeedback(r: _Rec) -> PreferencePair:
+    prompt = r.get("prompt", str)
+    pair = _parse_messages(r)
+    if pair.prompt_messages[-1]["content"].strip() != prompt.strip():
+        r.fail("prompt", "differs from the last user turn of chosen/rejected (UltraFeedback's message lists repeat "
+               "the prompt)", "bad structure")
+    return pair
+
+
 PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
-           "alpaca": _parse_alpaca, "trl": _parse_trl}
+           "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback}
 
 
 def parse_record(record: RawRecord, data_format: str) -> PreferencePair:

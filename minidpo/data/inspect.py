@@ -43,7 +43,12 @@ def _counts(title: str, d: dict) -> list[str]:
     return [f"{title}: {sum(d.values())}"] + [f"  {k}: {v}" for k, v in sorted(d.items())]
 
 
-def inspect_data(
+def inspect_data(path: str | os.PathLike, tokenizer=None, **kw) -> str:
+    """The report of `inspect_report` (its text only)."""
+    return inspect_report(path, tokenizer, **kw)[0]
+
+
+def inspect_report(
     path: str | os.PathLike,
     tokenizer=None,
     *,
@@ -52,8 +57,10 @@ def inspect_data(
     data_format: str = "auto",
     index: int = 0,
     color: bool = False,
-) -> str:
-    """A report: format, counts (skipped / truncated / dropped, by reason), length percentiles, one pair.
+    chat_template: str = "auto",
+) -> tuple[str, int]:
+    """(report, number of usable pairs). The report: format, template choice, counts (skipped /
+    truncated / dropped, by reason), length percentiles, one pair.
 
     With a tokenizer, lengths are in tokens after truncation and the pair is shown decoded from its
     token ids, the prompt part (masked out of the loss) dimmed or [[in double brackets]]. Without one,
@@ -61,12 +68,15 @@ def inspect_data(
     """
     lines = [f"file:     {path}"]
     if tokenizer is None:
-        return "\n".join(lines + _inspect_text_only(path, data_format, index, color))
+        text_lines, n = _inspect_text_only(path, data_format, index, color, chat_template)
+        return "\n".join(lines + text_lines), n
     ds = load_preference_data(path, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                               data_format=data_format, on_bad_record="skip", max_bad_fraction=None,
-                              cache_dir=None, log=None)
+                              cache_dir=None, log=None, chat_template=chat_template)
     s = ds.stats
-    lines += [f"format:   {s.format}", f"records:  {s.read} read, {s.kept} pairs kept",
+    lines += [f"format:   {s.format}", f"template: {s.template}"
+              + (f"; {s.raw_pairs} pairs encoded raw" if s.raw_pairs and chat_template != "none" else ""),
+              f"records:  {s.read} read, {s.kept} pairs kept",
               f"limits:   max_length={max_length}, max_prompt_length={max_prompt_length}"]
     lines += _counts("skipped (bad records)", s.skipped)
     lines += [f"truncated: {s.truncated} pairs ({s.prompt_truncated} prompts kept their end, "
@@ -84,7 +94,7 @@ def inspect_data(
                   + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + ": masked out of the loss; the rest is trained."]
         for name, ids in (("chosen", p.chosen_ids), ("rejected", p.rejected_ids)):
             lines += [f"--- {name} ({len(ids)} trained tokens) ---", _mark(prompt, tokenizer.decode(ids), color)]
-    return "\n".join(lines)
+    return "\n".join(lines), len(ds)
 
 
 def _examples(examples: dict) -> list[str]:
@@ -93,7 +103,7 @@ def _examples(examples: dict) -> list[str]:
     return ["first problem of each kind:"] + [f"  {msg}" for msg in examples.values()]
 
 
-def _inspect_text_only(path, data_format: str, index: int, color: bool) -> list[str]:
+def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_template: str) -> tuple[list[str], int]:
     formats, skipped, examples, pairs = [], {}, {}, []
     for _, fmt, item in iter_pairs(path, data_format):
         if fmt not in formats and fmt != "unknown":
@@ -103,7 +113,9 @@ def _inspect_text_only(path, data_format: str, index: int, color: bool) -> list[
             examples.setdefault(item.reason, str(item))
         else:
             pairs.append(item)
-    lines = [f"format:   {'+'.join(formats) or 'unknown'}",
+    template = ("none (raw prompt + answer + EOS)" if chat_template == "none"
+                else "the model's chat template (pass --model to see it; shown below in the plain fallback)")
+    lines = [f"format:   {'+'.join(formats) or 'unknown'}", f"template: {template}",
              f"records:  {len(pairs) + sum(skipped.values())} read, {len(pairs)} valid pairs",
              "(no --model: lengths are in characters; pass --model PATH for token lengths, truncation and masks)"]
     lines += _counts("skipped (bad records)", skipped) + _examples(examples)
@@ -118,4 +130,4 @@ def _inspect_text_only(path, data_format: str, index: int, color: bool) -> list[
                   + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + " (masked out of the loss)."]
         for name, text in (("chosen", p.chosen), ("rejected", p.rejected)):
             lines += [f"--- {name} ---", _mark(prompt, text + "<EOS>", color)]
-    return lines
+    return lines, len(pairs)

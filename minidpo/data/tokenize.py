@@ -14,6 +14,12 @@ How a pair becomes tokens:
   "System: ...\\n\\n", "User: ...\\n\\n", "Assistant: ...\\n\\n", the prompt ending with "Assistant: ",
   the BOS token first when the tokenizer has one distinct from EOS, and the answer followed by EOS.
 
+Raw string data (`chat_template="none"`, TRL's behaviour for string prompts): the prompt string and the
+prompt + answer string are encoded as the tokenizer encodes text (its own special tokens, e.g. a BOS,
+included), the answer's ids are what follows the prompt's, and the EOS token is appended. With the
+default `chat_template="auto"`, a string prompt that already holds the template's turn marker (ChatML:
+"<|im_start|>") was templated by its author and is used raw in the same way, never templated twice.
+
 Truncation (per pair, both answers see the same prompt ids):
 
 1. A prompt longer than `max_prompt_length` keeps its END (the latest turns); the earliest tokens go.
@@ -34,7 +40,8 @@ from .formats import DataError, PreferencePair, canonical_format, iter_pairs
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "data")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+CHAT_TEMPLATES = ("auto", "none")
 _PROBE = "\u2063minidpo-probe\u2063"
 
 
@@ -57,11 +64,18 @@ class TokenizedPair:
 
 
 class ChatEncoder:
-    """Renders prompts and responses with a tokenizer's chat template (or the plain fallback) and encodes them."""
+    """Renders prompts and responses with a tokenizer's chat template (or the plain fallback) and encodes them.
 
-    def __init__(self, tokenizer):
+    chat_template: "auto" (the tokenizer's template, or the plain fallback; prompts already templated
+    are used raw) or "none" (every pair raw: string data only). `raw_pairs` counts the pairs encoded raw."""
+
+    def __init__(self, tokenizer, chat_template: str = "auto"):
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
             raise ValueError(f"expected a Hugging Face tokenizer, got {type(tokenizer).__name__}")
+        if chat_template not in CHAT_TEMPLATES:
+            raise ValueError(f"chat_template {chat_template!r}: choose one of {', '.join(CHAT_TEMPLATES)}")
+        self.mode = chat_template
+        self.raw_pairs = 0
         self.tok = tokenizer
         self.template = bool(getattr(tokenizer, "chat_template", None))
         self.eos_id = tokenizer.eos_token_id
@@ -75,6 +89,12 @@ class ChatEncoder:
             special = set(getattr(tokenizer, "all_special_ids", []) or [])
             special.update(getattr(tokenizer, "added_tokens_decoder", {}) or {})
             self.end_id = next((t for t in self.encode([tail])[0] if t in special), None)
+        self.marker = None  # the template's turn marker: a string prompt holding it is already templated
+        if self.template:
+            ids = self.encode([self.prompt_text([{"role": "user", "content": "hi"}])])[0]
+            special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+            first = next((t for t in ids if t in special), None)
+            self.marker = tokenizer.convert_ids_to_tokens(first) if first is not None else None
         if self.end_id is None and self.eos_id is None:
             raise ValueError("the tokenizer has no EOS token and its chat template ends answers with no special "
                              "token: set tokenizer.eos_token (or a chat template) before preparing DPO data")
@@ -126,14 +146,53 @@ class ChatEncoder:
             response = self.encode([response_text])[0]
         return self.bos_ids + prompt_ids, self.finish_response(response)
 
+    def describe(self) -> str:
+        """What renders the prompts, in words (for `minidpo data inspect` and the load summary)."""
+        if self.mode == "none":
+            return "none (raw prompt + answer + EOS)"
+        if not self.template:
+            return "plain fallback (the tokenizer has no chat template)"
+        return f"the tokenizer's chat template (string prompts holding {self.marker!r} are used as they are)" \
+            if self.marker else "the tokenizer's chat template"
+
+    def use_raw(self, pair: PreferencePair) -> bool:
+        """Encode this pair raw: chat_template none, or a string prompt that is already templated."""
+        if self.mode == "none":
+            if pair.raw is None:
+                raise DataError(f"{pair.source}: chat_template none needs string data (a prompt string without "
+                                "a system turn, or an HH transcript); this record's prompt is chat messages",
+                                "needs string data")
+            return True
+        return pair.raw is not None and self.marker is not None and self.marker in pair.raw[0]
+
+    def encode_raw(self, pair: PreferencePair) -> TokenizedPair:
+        """TRL's string data: ids of prompt and of prompt + answer as the tokenizer encodes text, EOS appended."""
+        prompt, chosen, rejected = pair.raw
+        p, fc, fr = self.tok([prompt, prompt + chosen, prompt + rejected])["input_ids"]
+        out = []
+        for full, answer in ((fc, chosen), (fr, rejected)):
+            ids = full[len(p):] if full[:len(p)] == p else self.tok(answer, add_special_tokens=False)["input_ids"]
+            if ids and ids[-1] == self.eos_id:  # the tokenizer's post-processor added it already
+                ids = ids[:-1]
+            out.append(list(ids) + [self.eos_id if self.eos_id is not None else self.end_id])
+        self.raw_pairs += 1
+        return TokenizedPair(list(p), out[0], out[1])
+
     def encode_pairs(self, pairs: Sequence[PreferencePair]) -> list[TokenizedPair | DataError]:
         """Batch-encode pairs (fast tokenizers encode a batch in parallel).
 
         A pair the chat template refuses (e.g. a template that raises on a system message) comes back as
         a DataError naming its source, so that on_bad_record="skip" can skip it.
         """
-        texts, responses, failed = [], [], {}
+        texts, responses, failed, raw = [], [], {}, {}
         for k, p in enumerate(pairs):
+            try:
+                if self.use_raw(p):
+                    raw[k] = self.encode_raw(p)
+                    continue
+            except DataError as e:
+                failed[k] = e
+                continue
             try:
                 pt = self.prompt_text(p.prompt_messages)
                 rc = self.response_text(p.prompt_messages, pt, p.chosen)
@@ -147,8 +206,8 @@ class ChatEncoder:
         response_texts = iter(responses)
         out = []
         for k in range(len(pairs)):
-            if k in failed:
-                out.append(failed[k])
+            if k in failed or k in raw:
+                out.append(failed.get(k) or raw[k])
                 continue
             p, fc, fr = next(ids), next(ids), next(ids)
             rc, rr = next(response_texts)
@@ -211,6 +270,8 @@ class DataStats:
     truncated: int = 0  # pairs with their prompt and/or a response cut
     examples: dict = field(default_factory=dict)  # reason -> first error message with that reason
     from_cache: bool = False
+    template: str = ""  # what rendered the prompts (ChatEncoder.describe)
+    raw_pairs: int = 0  # pairs encoded raw (chat_template none, or prompts already templated)
 
     @property
     def n_skipped(self) -> int:
@@ -225,6 +286,8 @@ class DataStats:
             return ", ".join(f"{k}: {v}" for k, v in sorted(d.items()))
 
         s = f"{self.kept} pairs kept of {self.read} records read (format: {self.format})"
+        if self.raw_pairs:
+            s += f"; {self.raw_pairs} encoded raw, without the chat template"
         if self.skipped:
             s += f"; {self.n_skipped} skipped ({reasons(self.skipped)})"
         if self.truncated:
@@ -328,6 +391,7 @@ def load_preference_data(
     cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
+    chat_template: str = "auto",
 ) -> PreferenceDataset:
     """Read, validate, tokenize and truncate a preference file (or a folder of .json/.jsonl files).
 
@@ -343,6 +407,8 @@ def load_preference_data(
             None disables the cache.
         progress: show a tqdm bar; None shows it for 2000 pairs or more.
         log: called with a one-line summary (counts of skipped / truncated / dropped); None is silent.
+        chat_template: "auto" (the tokenizer's template; string prompts already templated are used raw)
+            or "none" (raw prompt + answer + EOS for every pair, TRL's string data; see module docstring).
     Raises:
         DataError (a ValueError) naming file, line and field.
     """
@@ -357,7 +423,7 @@ def load_preference_data(
 
     files = data_files(path)
     settings = dict(version=CACHE_VERSION, max_length=max_length, max_prompt_length=max_prompt_length,
-                    data_format=fmt, on_bad_record=on_bad_record)
+                    data_format=fmt, on_bad_record=on_bad_record, chat_template=chat_template)
     cache_file = None
     if cache_dir is not None:
         cache_file = os.path.join(os.fspath(cache_dir), _cache_key(files, tokenizer, settings) + ".npz")
@@ -389,7 +455,8 @@ def load_preference_data(
         good.append(item)
     stats.format = "+".join(formats) or "unknown"
 
-    enc = ChatEncoder(tokenizer)
+    enc = ChatEncoder(tokenizer, chat_template)
+    stats.template = enc.describe()
     show = progress if progress is not None else len(good) >= 2000
     pairs, sources = [], []
     chunk = 512
@@ -420,6 +487,7 @@ def load_preference_data(
     if bar is not None:
         bar.close()
     stats.kept = len(pairs)
+    stats.raw_pairs = enc.raw_pairs
     ds = PreferenceDataset(pairs, stats, sources)
     _check_bad_fraction(stats, max_bad_fraction, path)
     if cache_file is not None:
