@@ -74,15 +74,15 @@ train: $(BIN)/.installed $(if $(filter $(SFT),$(MODEL)),runs/sft/export/config.j
 # the demo's rule-based judge; JUDGE=none for data without the demo's axes (preference metrics and KL only)
 JUDGE      ?= minidpo.demo.judge:judge_heldout
 
-eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, OUT=, JUDGE=)
+eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO (SFT=, DPO=, TOKENIZER=, OUT=, JUDGE=)
 	$(BIN)/python -m minidpo.eval --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl --output_dir $(OUT) \
-		--judge $(JUDGE) $(ARGS)
+		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --judge $(JUDGE) $(ARGS)
 
 # the page's example prompts, chosen by measurement once per DPO run (app/pick_examples.py)
-app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=)
+app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=, TOKENIZER=)
 	@test -f $(dir $(DPO))app_examples.json || ! test -f $(DATA_DIR)/heldout.jsonl || \
-		$(BIN)/python -m app.pick_examples --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl
-	$(BIN)/python -m app.compare --sft $(SFT) --dpo $(DPO) --port $(PORT) $(ARGS)
+		$(BIN)/python -m app.pick_examples --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
+	$(BIN)/python -m app.compare --sft $(SFT) --dpo $(DPO) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --port $(PORT) $(ARGS)
 
 tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1:6006
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 --port 6006
