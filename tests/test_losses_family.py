@@ -373,14 +373,13 @@ def test_reference_free_run_learns_without_a_reference_model(tmp_path, tiny_mode
     monkeypatch.setattr("minidpo.reference.CACHE_DIR", str(tmp_path / "ref_cache"))
     out = tmp_path / loss_type
     train(RunConfig(model=tiny_model_dir, data=letters_vs_digits, output_dir=str(out), loss_type=loss_type, beta=beta,
-                    deepspeed=f"{ROOT}/ds_configs/zero2.json", dtype="fp32", learning_rate=5e-3, batch_size=4,
-                    max_steps=12, epochs=3, log_interval=1, save_interval=0, max_length=64, max_prompt_length=32,
-                    export=False))
+                    deepspeed=f"{ROOT}/ds_configs/zero2.json", dtype="fp32", learning_rate=5e-3, batch_size=8,
+                    epochs=3, log_interval=1, save_interval=0, max_length=64, max_prompt_length=32, export=False))
     assert counts == {"models": 1, "engines": 1, "reference_engines": 0}
     assert not (tmp_path / "ref_cache").exists()  # no reference table either
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     acc = [r["rewards/accuracies"] for r in rows]
-    assert len(rows) == 12 and all(math.isfinite(r["loss"]) for r in rows)
-    assert sum(acc[-3:]) / 3 > acc[0] + 0.2 and acc[-1] >= 0.75, acc
+    assert len(rows) == 6 and all(math.isfinite(r["loss"]) for r in rows)
+    assert acc[0] <= 0.75 and acc[-1] == 1.0, acc  # from chance to every pair ranked right
     assert rows[-1]["loss"] < rows[0]["loss"]
     assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"]
