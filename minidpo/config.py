@@ -37,10 +37,10 @@ class RunConfig:
     deepspeed: str = field(default="ds_configs/zero2.json", metadata={"help": "DeepSpeed JSON config"})
     # the algorithm
     beta: float = 0.1
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) | hinge | ipo | robust | exo_pair | nca_pair | "
-                           "sppo_hard | apo_zero | apo_down | discopop | simpo | cpo | orpo, or a mix: sigmoid,sft "
-                           "(docs/losses.md)"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label-noise rate (sigmoid only)"})
+    loss_type: str | list[str] = field(default="sigmoid", metadata={
+        "help": "sigmoid (DPO) | hinge | ipo | robust | exo_pair | nca_pair | sppo_hard | apo_zero | apo_down | "
+                "discopop | simpo | cpo | orpo, or a mix: sigmoid,sft (docs/losses.md)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label-noise rate of sigmoid (cDPO), robust, exo_pair"})
     rpo_alpha: float = field(default=0.0, metadata={"help": "weight of the chosen answers' per-token NLL (RPO); 0: plain DPO"})
     logps_reduction: str = field(default="sum", metadata={"help": "sum (DPO) | mean (MiniMind's length-normalised)"})
     # optimisation
@@ -81,7 +81,7 @@ class RunConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
     # the preference-loss family (minidpo.losses, docs/losses.md)
-    loss_weights: str | None = field(
+    loss_weights: str | list[float] | None = field(
         default=None, metadata={"help": "one weight per loss_type term of a mix, e.g. 1.0,0.5 (default: 1 each)"}
     )
     simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin gamma"})

@@ -184,7 +184,7 @@ def train(cfg: RunConfig) -> dict:
         ref_table = load_or_compute_reference_logps(
             make_reference, run.dataset, cfg, collate=run.collate, pad_token_id=run.tokenizer.pad_token_id, device=device(),
             rank=run.rank, world_size=run.world_size, log=run.log)
-    elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference model at all (validate refuses precompute_ref)
+    elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference at all (and no precompute_ref)
         reference = make_reference()
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
@@ -203,8 +203,8 @@ def train(cfg: RunConfig) -> dict:
         chosen_lengths, rejected_lengths = response_lengths([run.dataset[i] for i in indices], cfg.logps_reduction,
                                                             chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
-            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-            **loss_settings(cfg))
+            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, **loss_settings(cfg))
         loss = losses.mean()
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
