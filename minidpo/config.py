@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minidpo.logprobs import REDUCTIONS
-from minidpo.losses import check_loss_settings
+from minidpo.losses import check_loss_settings, loss_names, needs_reference
 
 DTYPES = ("bf16", "fp16", "fp32")
 CHAT_TEMPLATES = ("auto", "none")
@@ -38,8 +38,10 @@ class RunConfig:
     deepspeed: str = field(default="ds_configs/zero2.json", metadata={"help": "DeepSpeed JSON config"})
     # the algorithm
     beta: float = 0.1
-    loss_type: str = field(default="sigmoid", metadata={"help": "sigmoid (DPO) | hinge | ipo"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "cDPO label-noise rate (sigmoid only)"})
+    loss_type: str | list[str] = field(default="sigmoid", metadata={
+        "help": "sigmoid (DPO) | hinge | ipo | robust | exo_pair | nca_pair | sppo_hard | apo_zero | apo_down | "
+                "discopop | simpo | cpo | orpo, or a mix: sigmoid,sft (docs/losses.md)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label-noise rate of sigmoid (cDPO), robust, exo_pair"})
     rpo_alpha: float = field(default=0.0, metadata={"help": "weight of the chosen answers' per-token NLL (RPO); 0: plain DPO"})
     logps_reduction: str = field(default="sum", metadata={"help": "sum (DPO) | mean (MiniMind's length-normalised)"})
     # optimisation
@@ -79,6 +81,12 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
+    # the preference-loss family (minidpo.losses, docs/losses.md)
+    loss_weights: str | list[float] | None = field(
+        default=None, metadata={"help": "one weight per loss_type term of a mix, e.g. 1.0,0.5 (default: 1 each)"}
+    )
+    simpo_gamma: float = field(default=0.5, metadata={"help": "SimPO's target reward margin gamma"})
+    discopop_tau: float = field(default=0.05, metadata={"help": "DiscoPOP's temperature tau"})
 
     # model sources (MiniMind .pth): the tokenizer folder a bare state dict lacks
     tokenizer: str | None = field(
@@ -206,9 +214,15 @@ def validate(cfg: RunConfig) -> None:
     if cfg.on_bad_record not in ("error", "skip"):
         raise ConfigError(f"--on_bad_record {cfg.on_bad_record}: choose error or skip")
     try:
-        check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha)
+        check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha, loss_weights=cfg.loss_weights,
+                            simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if not needs_reference(cfg.loss_type):  # nothing would read a reference model
+        for name in ("ref_model", "precompute_ref"):
+            if getattr(cfg, name):
+                raise ConfigError(f"--{name} does not apply: loss_type {','.join(loss_names(cfg.loss_type))} is "
+                                  "reference-free (no reference model is loaded)")
     for name in ("batch_size", "grad_accum", "epochs", "max_length", "log_interval", "keep_checkpoints"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name} must be >= 1, got {getattr(cfg, name)}")

@@ -29,7 +29,7 @@ from minidpo.engine import (
     warmup_cosine,
 )
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
-from minidpo.losses import preference_loss
+from minidpo.losses import needs_reference, preference_loss
 from minidpo.metrics import MetricTracker
 from minidpo.moe import RouterLoss, sums_over_layers
 from minidpo.reference import load_or_compute_reference_logps
@@ -157,6 +157,20 @@ def pair_tokens(pairs) -> int:
     return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
 
+def response_lengths(pairs, reduction: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Response tokens per chosen and per rejected answer: what the log-probs sum over (the loss mask
+    covers exactly the answer's ids); ones when the log-probs are already per-token means."""
+    ones = reduction == "mean"
+    lengths = [(1, 1) if ones else (len(p.chosen_ids), len(p.rejected_ids)) for p in pairs]
+    return torch.tensor(lengths, dtype=torch.float32, device=device).unbind(1)
+
+
+def loss_settings(cfg: RunConfig) -> dict:
+    """The run config's settings of `minidpo.losses.preference_loss`."""
+    return dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha,
+                loss_weights=cfg.loss_weights, simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau)
+
+
 def train(cfg: RunConfig) -> dict:
     run = prepare_run(cfg)
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing)
@@ -176,7 +190,7 @@ def train(cfg: RunConfig) -> dict:
         ref_table = load_or_compute_reference_logps(
             make_reference, run.dataset, cfg, collate=run.collate, pad_token_id=run.tokenizer.pad_token_id, device=device(),
             rank=run.rank, world_size=run.world_size, log=run.log)
-    else:
+    elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference at all (and no precompute_ref)
         reference = make_reference()
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
@@ -185,9 +199,10 @@ def train(cfg: RunConfig) -> dict:
 
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
     for micro, indices, batch in run.micro_batches(step):
+        ref_chosen = ref_rejected = None  # a reference-free loss has none
         if ref_table is not None:
             ref_chosen, ref_rejected = ref_table[indices].to(batch["input_ids"].device).unbind(1)
-        else:
+        elif reference is not None:
             with torch.no_grad():
                 ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
         if router:
@@ -195,11 +210,11 @@ def train(cfg: RunConfig) -> dict:
         chosen, rejected, aux_loss = pair_logps(policy, batch, cfg.logps_reduction)
         if router:
             aux_loss = router.loss(batch)
-        chosen_lengths = torch.tensor([1 if cfg.logps_reduction == "mean" else len(run.dataset[i].chosen_ids)
-                                       for i in indices], device=chosen.device)
+        chosen_lengths, rejected_lengths = response_lengths([run.dataset[i] for i in indices], cfg.logps_reduction,
+                                                            chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
-            chosen, rejected, ref_chosen, ref_rejected, beta=cfg.beta, loss_type=cfg.loss_type,
-            label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha, chosen_lengths=chosen_lengths)
+            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths, **loss_settings(cfg))
         loss = losses.mean()
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss

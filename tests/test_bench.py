@@ -82,7 +82,10 @@ def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
         assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
         assert losses[1] == pytest.approx(report["check"]["losses"]["minidpo"][1], abs=1e-4)
     r = report["results"]
-    assert set(r) == {"minidpo", "trl", "naive"}
+    assert set(r) == {"minidpo", "minidpo-simpo", "trl", "naive"}
+    assert set(report["check"]["losses"]) == {"minidpo", "trl", "naive"}  # SimPO is another objective
+    simpo = json.loads((out / "run_round0_minidpo-simpo" / "run_config.json").read_text())["run"]
+    assert (simpo["loss_type"], simpo["beta"], simpo["precompute_ref"]) == ("simpo", 2.0, False)
     for row in r.values():
         assert row["pairs"] == 16 and row["pairs_per_s"] > 0 and 0 < row["mfu"] < 2 and row["peak_rss_gb"] > 0.1
     # padding: the seed-style loop pads every pair to max_length, TRL to the batch's longest, minidpo packs
@@ -91,6 +94,7 @@ def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
     assert r["trl"]["pairs_per_s_vs_trl"] == 1.0
     table = (out / "bench.md").read_text()
     assert "| minidpo |" in table and "| TRL DPOTrainer |" in table and "peak RSS" in table and "losses agree" in table
+    assert "| minidpo, SimPO (no reference model) |" in table
 
 
 def test_bench_refuses_unknown_trainers(tmp_path):

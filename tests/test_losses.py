@@ -40,8 +40,10 @@ def test_label_smoothing_is_cdpo():
 def test_hinge_and_ipo():
     hinge, _, _ = preference_loss(PC, PR, RC, RR, beta=0.1, loss_type="hinge")
     assert hinge.tolist() == pytest.approx([1 - 0.2, 1 + 0.3])
-    ipo, _, _ = preference_loss(PC, PR, RC, RR, beta=0.1, loss_type="ipo")
-    assert ipo.tolist() == pytest.approx([(2 - 5) ** 2, (-3 - 5) ** 2])
+    # IPO on per-token means: pair 0 a = 1 over 4 tokens, b = -1 over 2; pair 1 a = -2 over 5, b = 1 over 4
+    ipo, _, _ = preference_loss(PC, PR, RC, RR, beta=0.1, loss_type="ipo", chosen_lengths=torch.tensor([4, 5]),
+                                rejected_lengths=torch.tensor([2, 4]))
+    assert ipo.tolist() == pytest.approx([(0.25 + 0.5 - 5) ** 2, (-0.4 - 0.25 - 5) ** 2])
 
 
 def test_gradient_flows_to_policy_only_and_rewards_are_detached():
@@ -73,7 +75,7 @@ def test_rpo_adds_the_chosen_per_token_nll():
     (dict(loss_type="kto"), "unknown loss_type 'kto'"),
     (dict(beta=0.0), "beta must be > 0"),
     (dict(label_smoothing=0.5), "label_smoothing must be in [0, 0.5)"),
-    (dict(loss_type="ipo", label_smoothing=0.1), "only applies to loss_type='sigmoid'"),
+    (dict(loss_type="ipo", label_smoothing=0.1), "only applies to loss_type sigmoid, robust, exo_pair, not 'ipo'"),
 ])
 def test_bad_settings_are_named(kwargs, message):
     kwargs = {"beta": 0.1, **kwargs}

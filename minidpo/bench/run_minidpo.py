@@ -3,16 +3,20 @@ reference log-probs precomputed (their pass is part of the measured time and nev
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
 
 from minidpo.bench.settings import Settings
+from minidpo.losses import needs_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0) -> dict:
+def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0,
+        loss: dict | None = None) -> dict:
+    """`loss`: loss settings that replace the workload's sigmoid (e.g. settings.SIMPO with loss_type simpo)."""
     import minidpo.reference
     from minidpo.config import RunConfig
     from minidpo.train import train
@@ -28,6 +32,8 @@ def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0,
         precompute_ref=True, shared_prompt=True, max_length=s.max_length, max_prompt_length=s.max_prompt_length,
         seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
         activation_checkpointing=activation_checkpointing)
+    if loss:
+        cfg = dataclasses.replace(cfg, **loss, precompute_ref=needs_reference(loss["loss_type"]))
     summary = train(cfg)
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]

@@ -6,6 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")  # minidpo-ac: minidpo with activation checkpointing
+# minidpo-simpo: minidpo with the reference-free SimPO loss (no reference model, no reference pass), at the
+# paper's starting point; a different objective, so outside the numerics check and the DPO targets
+TRAINERS += ("minidpo-simpo",)
+SIMPO = {"beta": 2.0, "simpo_gamma": 0.5}
 
 
 @dataclass

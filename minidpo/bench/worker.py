@@ -45,6 +45,10 @@ def main(argv=None) -> None:
         from minidpo.bench import run_minidpo
 
         run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"))
+        if a.trainer == "minidpo-simpo":
+            from minidpo.bench.settings import SIMPO
+
+            run = functools.partial(run_minidpo.run, loss={"loss_type": "simpo", **SIMPO})
     elif a.trainer == "trl":
         from minidpo.bench.run_trl import run
     else:
