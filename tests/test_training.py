@@ -226,8 +226,11 @@ def test_shared_prompt_forward_trains_like_two_sequences(tmp_path, tiny_model_di
     capsys.readouterr()
     packed = run(tmp_path, "packed", tiny_model_dir, pairs_file, shared_prompt=True, **common)
     assert "shared-prompt forward off" not in capsys.readouterr().out
+    # fp32 rounding differs between the two kernels' shapes; it grows over the steps and the rewards (a
+    # difference of two close log-probs) amplify it: 1.3e-5 relative was seen on an AMD EPYC. A masking or
+    # position bug moves these numbers by 1e-2 or more.
     for key in ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "grad_norm"):
-        assert [r[key] for r in packed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
+        assert [r[key] for r in packed] == pytest.approx([r[key] for r in plain], rel=1e-4, abs=1e-5), key
     totals = {name: json.loads((tmp_path / name / "summary.json").read_text())["trained"] for name in ("plain", "packed")}
     assert totals["packed"]["pairs"] == totals["plain"]["pairs"] == 8
     assert totals["packed"]["tokens"] == totals["plain"]["tokens"]  # the same work...
