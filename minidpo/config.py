@@ -78,6 +78,12 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
+    # token-budget batches (minidpo.data.sampler.budget_steps)
+    max_tokens_per_batch: int = field(
+        default=0, metadata={"help": "0: off (batch_size pairs per micro-step); n: fill each micro-batch with pairs "
+                             "up to n padded packed positions (pairs x longest [prompt, chosen, rejected] row; "
+                             "batch_size is then unused); a longer pair travels alone"}
+    )
 
     @property
     def ref_model_path(self) -> str:
@@ -193,7 +199,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--max_prompt_length must be in (0, max_length={cfg.max_length}), got {cfg.max_prompt_length}")
     if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
+    check_token_budget(cfg.max_tokens_per_batch)
     check_output_dir(cfg.output_dir)
+
+
+def check_token_budget(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"--max_tokens_per_batch {value!r}: expected 0 (off) or a number of tokens >= 1")
 
 
 def check_output_dir(path: str) -> None:
