@@ -106,6 +106,10 @@ class Run:
         used = set()
         for epoch in range(-(-self.total_steps // self.steps_per_epoch)):
             steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+            if self.cfg.max_tokens_per_batch:  # every rank's micro-batches at once
+                plan = epoch_budget_steps(self.cfg, self.dataset, epoch, self.world_size)[:steps]
+                used.update(i for step in plan for batch in step for i in batch)
+                continue
             for rank in range(self.world_size):
                 plan = epoch_plan(self.cfg, self.dataset, epoch, rank, self.world_size,
                                   packed=self.collate is collate_packed)
