@@ -228,6 +228,9 @@ def main(argv=None) -> int:
               "optimizer": variants[0]["optimizer"], "attention": attention,
               "peak_tflops": {"card_bf16": card_peak, f"measured_{peak_dtype}_matmul": measured},
               "variants": variants, "skipped": skipped, "problems": problems}
+    gc.collect()  # the variants' engines hold reference cycles: give their GPU memory back to the bench's workers
+    if cuda:
+        torch.cuda.empty_cache()
     if not a.skip_bench:
         log(f"bench: minidpo vs TRL, {bench_pairs} pairs, {'bf16' if cuda else 'fp32'}")
         bench = run_bench(model, bench_pairs, "bf16" if cuda else "fp32", a.threads, os.path.join(a.out, "bench"))
