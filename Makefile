@@ -90,6 +90,10 @@ tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1
 bench: $(BIN)/.bench-installed  ## minidpo vs TRL vs a seed-style loop: pairs/s, padding, RSS, MFU -> runs/bench (ARGS=)
 	$(BIN)/python -m minidpo.bench $(ARGS)
 
+.PHONY: gpu-check
+gpu-check: $(BIN)/.bench-installed  ## on one GPU, < 8 min: 0.5B model, bf16/fp16, ZeRO-2/3, shared prompt on/off, bench vs TRL -> runs/gpu-check (toy size on a CPU)
+	$(BIN)/python -m minidpo.bench.gpu_check $(ARGS)
+
 test: $(BIN)/.bench-installed  ## the whole test suite (real engines, real browser)
 	$(BIN)/python -m pytest -q $(ARGS)
 

@@ -98,6 +98,12 @@ class RunConfig:
         default="auto", metadata={"help": "auto: the tokenizer's chat template (prompts already templated are "
                                   "used as they are); none: raw prompt + answer + EOS (TRL's string data)"}
     )
+    # token-budget batches (minidpo.data.sampler.budget_steps)
+    max_tokens_per_batch: int = field(
+        default=0, metadata={"help": "0: off (batch_size pairs per micro-step); n: fill each micro-batch with pairs "
+                             "up to n padded packed positions (pairs x longest [prompt, chosen, rejected] row; "
+                             "batch_size is then unused); a longer pair travels alone"}
+    )
 
     @property
     def ref_model_path(self) -> str:
@@ -230,7 +236,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--max_prompt_length must be in (0, max_length={cfg.max_length}), got {cfg.max_prompt_length}")
     if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
+    check_token_budget(cfg.max_tokens_per_batch)
     check_output_dir(cfg.output_dir)
+
+
+def check_token_budget(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"--max_tokens_per_batch {value!r}: expected 0 (off) or a number of tokens >= 1")
 
 
 def check_output_dir(path: str) -> None:
@@ -294,12 +306,39 @@ def resolve_ds_config(path: str, cfg: RunConfig, world_size: int, on_cpu: bool) 
     if on_cpu and not offload:
         # DeepSpeed's default Adam is a CUDA fused kernel; on the CPU accelerator use torch's AdamW.
         params.setdefault("torch_adam", True)
+    if not on_cpu and not offload:
+        use_torch_adam_without_prebuilt_ops(params)
     if zero.get("stage", 0) == 3:
         # The Hugging Face export needs the full 16-bit weights gathered on save.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     ds.setdefault("steps_per_print", 10**9)  # our own metrics do the logging
     ds.setdefault("wall_clock_breakdown", False)
     return ds
+
+
+def use_torch_adam_without_prebuilt_ops(params: dict) -> None:
+    """On a GPU, DeepSpeed's default Adam is its FusedAdam CUDA op, JIT-compiled with nvcc on first use
+    unless DeepSpeed was installed with it prebuilt (DS_BUILD_FUSED_ADAM=1). A machine without a CUDA
+    compiler cannot build it: there, use torch's own fused AdamW (the same update, no compiler)."""
+    try:
+        from deepspeed.git_version_info import installed_ops
+    except ImportError:
+        installed_ops = {}
+    if not installed_ops.get("fused_adam"):
+        params.setdefault("torch_adam", True)
+        if params["torch_adam"]:
+            params.setdefault("fused", True)
+
+
+def optimizer_name(ds_config: dict) -> str:
+    """Which Adam a resolved DeepSpeed config runs, in words (for reports)."""
+    params = ds_config.get("optimizer", {}).get("params", {})
+    zero = ds_config.get("zero_optimization", {})
+    if zero.get("offload_optimizer", {}).get("device", "none") not in ("none", None):
+        return "DeepSpeedCPUAdam (optimizer offload)"
+    if params.get("torch_adam"):
+        return "torch.optim.AdamW" + (" (fused)" if params.get("fused") else "")
+    return "DeepSpeed FusedAdam (prebuilt op)"
 
 
 def reference_ds_config(policy_ds: dict) -> dict:

@@ -9,7 +9,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,7 @@ from minidpo import checkpoint
 from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
 from minidpo.data import DataError, batch_plan, collate_pairs, load_preference_data
 from minidpo.data.collate import collate_packed, padded_length, real_tokens
+from minidpo.data.sampler import budget_steps, rank_micro_batches
 from minidpo.engine import (
     build_policy_engine,
     build_reference_engine,
@@ -73,6 +74,7 @@ class Run:
     total_steps: int
     log: Callable
     collate: Callable = collate_pairs  # collate_packed for the shared-prompt forward
+    _step_pairs: dict = field(default_factory=dict)  # token budget: {epoch: pairs of each step, all ranks}
 
     def micro_batches(self, start_step: int):
         """(micro-step index in epoch, pair indices, padded batch on the device) from `start_step` on.
@@ -90,14 +92,54 @@ class Run:
                 yield micro, indices, {k: v.to(dev) for k, v in batch.items()}
             step = (epoch + 1) * self.steps_per_epoch
 
+    def pairs_per_micro(self, step: int) -> float:
+        """What a micro-batch's summed losses are divided by, so that optimizer step `step` (0-based)
+        minimises the mean over all its pairs, across micro-steps and ranks (DeepSpeed's backward divides
+        by grad_accum, its all-reduce averages over ranks): batch_size with fixed batches, else the step's
+        pair count / (grad_accum x world_size), known on every rank because the plan is a pure function."""
+        if not self.cfg.max_tokens_per_batch:
+            return self.cfg.batch_size
+        epoch, within = divmod(step, self.steps_per_epoch)
+        if epoch not in self._step_pairs:
+            steps = epoch_budget_steps(self.cfg, self.dataset, epoch, self.world_size)
+            self._step_pairs = {epoch: [sum(len(b) for b in s) for s in steps]}
+        return self._step_pairs[epoch][within] / (self.cfg.grad_accum * self.world_size)
+
+    def trained_pairs(self) -> list[int]:
+        """Every pair some rank trains on in this run's total_steps (all epochs' plans): what
+        --precompute_ref needs scored."""
+        used = set()
+        for epoch in range(-(-self.total_steps // self.steps_per_epoch)):
+            steps = min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch)
+            if self.cfg.max_tokens_per_batch:  # every rank's micro-batches at once
+                plan = epoch_budget_steps(self.cfg, self.dataset, epoch, self.world_size)[:steps]
+                used.update(i for step in plan for batch in step for i in batch)
+                continue
+            for rank in range(self.world_size):
+                plan = epoch_plan(self.cfg, self.dataset, epoch, rank, self.world_size,
+                                  packed=self.collate is collate_packed)
+                used.update(i for batch in plan[:steps * self.cfg.grad_accum] for i in batch)
+        return sorted(used)
+
 
 def epoch_plan(cfg: RunConfig, dataset, epoch: int, rank: int, world_size: int, *,
                packed: bool = False) -> list[list[int]]:
     """This rank's micro-batches (pair indices) for one epoch, grouped by the length of what a batch
     pads: packed rows are prompt + both answers long, plain rows prompt + the longer answer."""
+    if cfg.max_tokens_per_batch:  # token budget: micro-batch sizes vary (minidpo.data.sampler.budget_steps)
+        return rank_micro_batches(epoch_budget_steps(cfg, dataset, epoch, world_size), rank, world_size)
     lengths = [padded_length(p, packed) for p in dataset]
     return batch_plan(lengths, cfg.batch_size, seed=cfg.seed, epoch=epoch, rank=rank,
                       world_size=world_size, group_by_length=cfg.group_by_length)
+
+
+def epoch_budget_steps(cfg: RunConfig, dataset, epoch: int, world_size: int) -> list[list[list[int]]]:
+    """One epoch's optimizer steps under --max_tokens_per_batch. The budget counts packed positions
+    (pairs x the longest [prompt, chosen, rejected] row), whichever forward runs, so the plan is known
+    before the model is loaded; the two-sequence forward computes between 1x and 2x that."""
+    lengths = [padded_length(p, True) for p in dataset]
+    return budget_steps(lengths, cfg.max_tokens_per_batch, grad_accum=cfg.grad_accum, world_size=world_size,
+                        seed=cfg.seed, epoch=epoch, epochs=cfg.epochs, group_by_length=cfg.group_by_length)
 
 
 def resolve_model_sources(cfg: RunConfig, rank: int) -> None:
@@ -189,7 +231,8 @@ def train(cfg: RunConfig) -> dict:
     if cfg.precompute_ref:  # the reference engine is built only on a cache miss, and dropped after
         ref_table = load_or_compute_reference_logps(
             make_reference, run.dataset, cfg, collate=run.collate, pad_token_id=run.tokenizer.pad_token_id, device=device(),
-            rank=run.rank, world_size=run.world_size, log=run.log)
+            rank=run.rank, world_size=run.world_size, log=run.log,
+            pairs=run.trained_pairs())
     elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference at all (and no precompute_ref)
         reference = make_reference()
     step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
@@ -215,7 +258,7 @@ def train(cfg: RunConfig) -> dict:
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
             rejected_lengths=rejected_lengths, **loss_settings(cfg))
-        loss = losses.mean()
+        loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
         policy.backward(loss)

@@ -183,6 +183,13 @@ def main(argv=None) -> int:
     p.add_argument("--trainers", default=DEFAULT_TRAINERS,
                    help=f"comma-separated, from {', '.join(TRAINERS)} (minidpo-ac: minidpo with activation checkpointing)")
     p.add_argument("--out", default=os.path.join("runs", "bench"))
+    # the scaling sweep (minidpo/bench/sweep.py)
+    p.add_argument("--sweep", action="store_true", help="sweep max length and model size instead (see sweep.py)")
+    p.add_argument("--sweep-models", default="minimind-26m,smollm2-135m")
+    p.add_argument("--sweep-lengths", default="512,1024,2048,4096")
+    p.add_argument("--sweep-trainers", default="minidpo,trl")
+    p.add_argument("--tokens-per-step", type=int, default=4096, help="sweep: batch = this / max length")
+    p.add_argument("--sweep-steps", type=int, default=8, help="sweep: steps per point")
     a = p.parse_args(argv)
     trainers = [t for t in a.trainers.split(",") if t]
     unknown = set(trainers) - set(TRAINERS)
@@ -198,6 +205,17 @@ def main(argv=None) -> int:
     w = Workload(model=a.model, pairs=a.pairs)
     dtype = a.dtype if a.dtype != "auto" else ("bf16" if _has_bf16_units() else "fp32")
     s = Settings(dtype=dtype, threads=a.threads)
+    if a.sweep:
+        from minidpo.bench.sweep import run_sweep
+
+        sweep_trainers = [t for t in a.sweep_trainers.split(",") if t]
+        if set(sweep_trainers) - set(TRAINERS) or set(a.sweep_models.split(",")) - set(MODELS):
+            p.error(f"--sweep-trainers from {', '.join(TRAINERS)}; --sweep-models from {', '.join(MODELS)}")
+        report = run_sweep(a.sweep_models.split(","), [int(x) for x in a.sweep_lengths.split(",")], sweep_trainers,
+                           tokens_per_step=a.tokens_per_step, steps=a.sweep_steps, dtype=dtype, threads=a.threads,
+                           out=a.out, worker=_worker, log=lambda m: print(m, flush=True))
+        print(open(os.path.join(a.out, "sweep.md")).read() + "plots: " + ", ".join(report["plots"]))
+        return 0
     workload_dir = os.path.join(a.out, f"workload-{a.model}-{a.pairs}")
     build(w, workload_dir)
     print(f"bench: workload in {workload_dir}; {dtype}; measuring the {dtype} matmul peak", flush=True)

@@ -23,6 +23,12 @@ MODELS = {
                  num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True),
     "qwen-0.5b": dict(vocab_size=32000, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
                       num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True),
+    # Qwen2.5-0.5B's shape with its full vocabulary (as a Llama: no q/k/v biases), for `make gpu-check`
+    "qwen2.5-0.5b": dict(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True),
+    # SmolLM2-135M's shape, for the scaling sweep
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, num_hidden_layers=30, num_attention_heads=9,
+                         num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True),
 }
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
 PAD_ID, EOS_ID = 0, 1

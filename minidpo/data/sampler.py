@@ -48,3 +48,83 @@ def batch_plan(
     steps = [order[s * per_step:(s + 1) * per_step] for s in range(n_steps)]
     rng.shuffle(steps)
     return [step[rank * batch_size:(rank + 1) * batch_size] for step in steps]
+
+
+# --- token-budget batches (--max_tokens_per_batch) --------------------------------------------------
+
+def padded_cost(longest: int, pairs: int, pad_to_multiple_of: int = 8) -> int:
+    """Positions a batch of `pairs` packed rows computes: pairs x the longest row rounded up (as collated)."""
+    m = max(1, pad_to_multiple_of)
+    return pairs * (-(-longest // m) * m)
+
+
+def _budget_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Cut `order` greedily into batches whose padded cost stays within `max_tokens`; a pair that alone
+    exceeds the budget travels alone."""
+    batches, current, longest = [], [], 0
+    for i in order:
+        grown = max(longest, lengths[i])
+        if current and padded_cost(grown, len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, grown = [], lengths[i]
+        current.append(i)
+        longest = grown
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _budget_steps_one_epoch(lengths, max_tokens, grad_accum, world_size, seed, epoch, group_by_length):
+    per_step = grad_accum * world_size
+    rng = random.Random(f"minidpo:{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:  # chunks of about MEGA_CHUNK_STEPS steps' pairs, as in batch_plan
+        per_batch = max(1, max_tokens // max(1, round(sum(lengths) / max(1, len(lengths)))))
+        chunk = per_step * per_batch * MEGA_CHUNK_STEPS
+        order = [i for s in range(0, len(order), chunk)
+                 for i in sorted(order[s:s + chunk], key=lambda i: -lengths[i])]
+    batches = _budget_batches(order, lengths, max_tokens)
+    # a step = per_step neighbouring batches (similar sizes, so ranks wait little); the rest is dropped
+    steps = [batches[s * per_step:(s + 1) * per_step] for s in range(len(batches) // per_step)]
+    rng.shuffle(steps)
+    return steps
+
+
+def budget_steps(
+    lengths: Sequence[int],
+    max_tokens: int,
+    *,
+    grad_accum: int,
+    world_size: int,
+    seed: int,
+    epoch: int,
+    epochs: int = 1,
+    group_by_length: bool = True,
+) -> list[list[list[int]]]:
+    """All ranks' micro-batches of one epoch's optimizer steps, for a budget of padded packed positions.
+
+    steps[s][m * world_size + r] is rank r's m-th micro-batch of step s (m < grad_accum). A micro-batch
+    holds as many pairs as fit `max_tokens` positions (padded_cost); a pair longer than the budget alone.
+    Every epoch has the same number of steps, the smallest that any of `epochs` epochs gives (a
+    different shuffle packs differently), so the schedule and a resume know the step count in advance.
+    A pure function of its arguments: resume skips exactly what was done.
+    `lengths[i]` is pair i's packed row length (prompt + both answers).
+    """
+    if max_tokens < 1 or grad_accum < 1 or world_size < 1 or epochs < 1:
+        raise ValueError(f"bad budget_steps arguments: max_tokens={max_tokens}, grad_accum={grad_accum}, "
+                         f"world_size={world_size}, epochs={epochs}")
+    n_steps = min(len(_budget_steps_one_epoch(lengths, max_tokens, grad_accum, world_size, seed, e, group_by_length))
+                  for e in range(epochs))
+    if n_steps == 0:
+        raise ValueError(f"{len(lengths)} pairs make fewer than one step of {grad_accum} x {world_size} "
+                         f"micro-batches of up to {max_tokens} tokens; use more data or a smaller budget")
+    steps = _budget_steps_one_epoch(lengths, max_tokens, grad_accum, world_size, seed, epoch, group_by_length)
+    return steps[:n_steps]
+
+
+def rank_micro_batches(steps: list[list[list[int]]], rank: int, world_size: int) -> list[list[int]]:
+    """Rank `rank`'s micro-batches, in order, from budget_steps' steps."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"bad rank {rank} for world_size {world_size}")
+    return [batch for step in steps for batch in step[rank::world_size]]
