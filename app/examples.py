@@ -42,11 +42,12 @@ def _run_config(folder: Path) -> dict:
 
 
 def _from_run(path: str | None, run: Path) -> Path | None:
-    """A path written in a run's run_config.json: as it is (relative to where training ran, usually the
-    project root), else relative to the project root the run folder sits in (<root>/runs/<run>)."""
+    """A path written in a run's run_config.json: relative to the project root the run folder sits in
+    (<root>/runs/<run>: training usually runs there), else as it is (relative to the current folder).
+    The run's own root comes first, so another project's runs/ in the current folder never answers."""
     if not path:
         return None
-    for candidate in (Path(path), run.parent.parent / path):
+    for candidate in (run.parent.parent / path, Path(path)):
         if candidate.exists():
             return candidate
     return None
