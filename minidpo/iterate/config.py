@@ -25,11 +25,11 @@ class IterateConfig:
     # the loop
     rounds: int = field(default=3, metadata={"help": "rounds of sample -> judge -> pairs -> DPO"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per prompt (>= 2): the pair is the best vs the worst"})
-    prompts_per_round: int = field(default=384, metadata={"help": "prompts per round, stratified over axis x language, new draw each round (-1: all)"})
+    prompts_per_round: int = field(default=128, metadata={"help": "prompts per round, stratified over axis x language, new draw each round (-1: all)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the round's answers (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "top-p of the round's answers"})
     max_new_tokens: int = field(default=160, metadata={"help": "token limit of a sampled answer"})
-    sample_batch_size: int = field(default=64, metadata={"help": "prompts decoded together (KV cache)"})
+    sample_batch_size: int = field(default=128, metadata={"help": "prompts decoded together (KV cache)"})
     reference: str = field(default="previous", metadata={"help": "reference of round k: sft (the SFT model) | previous (round k-1's policy)"})
     min_pairs: int = field(default=16, metadata={"help": "a round with fewer pairs stops the loop (nothing to learn)"})
     seed: int = field(default=0, metadata={"help": "seed of the prompt draw and of the sampling"})
