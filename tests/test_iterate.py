@@ -206,8 +206,12 @@ def _digest(folder: Path) -> str:
 def test_interrupted_in_round_two_resumes_to_the_same_state(two_rounds, tmp_path):
     from safetensors.torch import load_file
 
+    import shutil
+
     tmp, values, _ = two_rounds
     it = tmp_path / "it"
+    it.mkdir()
+    shutil.copytree(Path(values["output_dir"]) / "round_1", it / "round_1")  # round 1 done: the same as above
     (tmp_path / "cfg.json").write_text(json.dumps({**values, "output_dir": str(it)}))
     cmd = [sys.executable, "-m", "minidpo.iterate", "--config", str(tmp_path / "cfg.json")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -231,8 +235,29 @@ def test_interrupted_in_round_two_resumes_to_the_same_state(two_rounds, tmp_path
     row = json.loads((it / "round_2" / "round.json").read_text())
     assert row["train"]["resumed_from"] == stopped_at and row["train"]["steps"] == 18
     # the same as the run that was never interrupted: same pairs, same weights
+    assert row["policy"] == str(Path(values["output_dir"]) / "round_1" / "dpo" / "export")
     ref = Path(values["output_dir"]) / "round_2"
     assert pairs2 == (ref / "pairs.jsonl").read_bytes()
     got, want = load_file(it / "round_2/dpo/export/model.safetensors"), load_file(ref / "dpo/export/model.safetensors")
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)
+
+
+def test_continuing_with_other_settings_is_refused(two_rounds):
+    from minidpo.config import ConfigError
+
+    _, values, _ = two_rounds
+    with pytest.raises(ConfigError, match=r"other settings \(samples_per_prompt: 2 -> 3\)"):
+        iterate(IterateConfig(**{**values, "samples_per_prompt": 3}))
+    assert iterate(IterateConfig(**values))["rounds"][1]["round"] == 2  # same settings: both rounds finished before
+
+
+def test_sampling_split_over_two_processes_equals_one(tiny_model_dir):
+    from minidpo.generation import SamplingSettings
+    from minidpo.iterate.sampling import sample_answers
+
+    prompts = [[{"role": "user", "content": f"Tell me about thing number {i}."}] for i in range(5)]
+    settings = SamplingSettings(max_new_tokens=6, temperature=1.0, top_p=1.0, seed=7)
+    one = sample_answers(tiny_model_dir, prompts, 2, settings, batch_size=4, nproc=1)
+    two = sample_answers(tiny_model_dir, prompts, 2, settings, batch_size=4, nproc=2)  # prompts 0,2,4 and 1,3
+    assert two == one and all(len(a) == 2 for a in one) and one[0][0] != one[0][1]

@@ -159,6 +159,22 @@ def evaluate_round(cfg: IterateConfig, model: str, rd: Path, k: int) -> tuple[di
     return result, time.perf_counter() - started
 
 
+# what may change when an iteration is continued: more rounds, where it lives, how it is run
+RESUMABLE_CHANGES = {"rounds", "output_dir", "nproc", "launcher", "sample_batch_size", "reward_batch_size"}
+
+
+def check_same_settings(cfg: IterateConfig, stored: dict | None) -> None:
+    """A folder's rounds were made with its iterate_config.json: continuing it with other settings
+    would mix two experiments in one table."""
+    if not stored:
+        return
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v)
+    if changed:
+        raise ConfigError(f"--output_dir {cfg.output_dir} holds an iteration made with other settings "
+                          f"({', '.join(f'{k}: {stored[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+                          "use a new --output_dir, or the same settings to continue it")
+
+
 def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
     """Run (or continue) the iteration; returns the summary ({"rounds": rows, "stopped": message}).
     judge: a Judge object to use instead of the one `cfg.judge` names (the Python API's plug-in)."""
@@ -167,6 +183,7 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    check_same_settings(cfg, _read_json(out / "iterate_config.json"))
     _write_json(out / "iterate_config.json", cfg.to_dict())
     records = read_heldout(cfg.data)
     judge = judge if judge is not None else make_judge(cfg)
