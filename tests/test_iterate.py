@@ -73,7 +73,7 @@ def test_reward_model_judge_batched_equals_direct_forward(reward_model_dir):
     model = AutoModelForSequenceClassification.from_pretrained(reward_model_dir).eval()
     for (messages, answer, _), got in zip(items, scores):
         ids = judge.ids(messages, answer)
-        assert judge.tokenizer.decode(ids).rstrip().endswith(answer + "<|im_end|>") or answer in judge.tokenizer.decode(ids)
+        assert answer in judge.tokenizer.decode(ids)  # prompt + answer, as the trainer tokenizes a pair
         with torch.no_grad():
             direct = model(input_ids=torch.tensor([ids])).logits[0, 0].item()  # the row alone, no padding
         assert got == pytest.approx(direct, abs=1e-5)

@@ -90,9 +90,9 @@ def validate(cfg: IterateConfig) -> None:
     if cfg.judge not in BUILTIN_JUDGES and ":" not in cfg.judge:
         raise ConfigError(f"--judge {cfg.judge}: choose one of {', '.join(BUILTIN_JUDGES)} or package.module:factory")
     if cfg.judge == "reward_model":
-        _model_folder(cfg.reward_model, "reward_model") if cfg.reward_model else None
         if not cfg.reward_model:
             raise ConfigError("--judge reward_model needs --reward_model FOLDER (a sequence-classification model)")
+        _model_folder(cfg.reward_model, "reward_model")
     if cfg.judge == "votes":
         if not os.path.isfile(cfg.votes):
             raise ConfigError(f"--votes {cfg.votes}: no such file (vote in the app's blind mode first: `make app`)")
