@@ -78,6 +78,15 @@ eval: $(BIN)/.installed  ## held-out accuracy, judged behaviour, KL: SFT vs DPO 
 	$(BIN)/python -m minidpo.eval --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl --output_dir $(OUT) \
 		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --judge $(JUDGE) $(ARGS)
 
+# iterative on-policy DPO from the `make train` export: sample, judge, train again (README "Iterative DPO")
+START      ?= $(DPO)
+ITER_OUT   ?= runs/iterate
+
+.PHONY: iterate
+iterate: $(BIN)/.installed  ## on-policy DPO rounds + eval after each, resumable (START=, SFT=, DATA=, ITER_OUT=, NPROC=, ARGS=)
+	$(BIN)/python -m minidpo.iterate --model $(START) --sft_model $(SFT) --data $(DATA) --heldout $(DATA_DIR)/heldout.jsonl \
+		--output_dir $(ITER_OUT) --nproc $(NPROC) --deepspeed $(DS_CONFIG) $(ARGS)
+
 # the page's example prompts, chosen by measurement once per DPO run (app/pick_examples.py)
 app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=, TOKENIZER=)
 	@test -f $(dir $(DPO))app_examples.json || ! test -f $(DATA_DIR)/heldout.jsonl || \

@@ -1,0 +1,22 @@
+"""Iterative on-policy DPO: sample answers from the current policy, judge them, train on the policy's
+own best-vs-worst pairs, repeat (`make iterate`, `python -m minidpo.iterate`, or the API below).
+
+    from minidpo.iterate import IterateConfig, iterate
+    summary = iterate(IterateConfig(rounds=3, output_dir="runs/iterate"))
+
+    config.py    IterateConfig: the loop's settings (each round's DPO settings are the trainer's run config)
+    judges.py    the Judge interface (score(prompt_messages, answer, record) -> float | None), the rule
+                 judge, the reward-model judge; votes are a pair source instead
+    pairs.py     best vs worst per prompt (ties skipped and counted), votes mixed with the data, pair files
+    sampling.py  k answers per prompt with the one sampler, split over processes when there are several
+    loop.py      the rounds: sample -> judge -> pairs -> DPO (subprocess, the trainer) -> eval; resume
+    summary.py   the table by round: summary.md, summary.json, TensorBoard (x axis = round)
+"""
+
+from minidpo.iterate.config import IterateConfig
+from minidpo.iterate.judges import Judge, RewardModelJudge, RuleJudge, make_judge
+from minidpo.iterate.loop import iterate, main
+from minidpo.iterate.pairs import Pair, PairCounts, ScoredPrompt, pairs_from_scores, votes_pairs
+
+__all__ = ["IterateConfig", "Judge", "Pair", "PairCounts", "RewardModelJudge", "RuleJudge", "ScoredPrompt",
+           "iterate", "main", "make_judge", "pairs_from_scores", "votes_pairs"]

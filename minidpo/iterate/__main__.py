@@ -1,0 +1,3 @@
+from minidpo.iterate.loop import main
+
+main()

@@ -1,0 +1,250 @@
+"""The loop: for each round, sample -> judge -> pairs -> DPO (the real trainer) -> evaluate.
+
+    iteration folder (output_dir)/
+      iterate_config.json    the settings
+      round_0/eval/          the starting policy evaluated (eval_start)
+      round_k/samples.jsonl  prompts, answers, scores (judge rounds)
+      round_k/pairs.jsonl    the round's pairs, in the seed's format: the DPO run's --data
+      round_k/pairs.json     pair counts and the sampling / judging seconds
+      round_k/dpo/           a normal run folder: run_config.json, TensorBoard, checkpoints, export
+      round_k/eval/          `make eval`'s evaluation of the round's export against the SFT model
+      round_k/round.json     written last: the round is finished
+      summary.json, summary.md, tensorboard/
+
+Resume is by what is on disk: a round with round.json is done; pairs.jsonl is reused; a DPO run with
+checkpoints but no summary.json continues with --resume true; an eval.json is reused.
+
+Each round's DPO runs in a subprocess through the launcher `make train` uses (`deepspeed`): the
+trainer owns its process group, engines and memory, which all go away with the process, and the same
+command trains on several ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from minidpo.config import ConfigError
+from minidpo.iterate.config import IterateConfig, validate
+from minidpo.iterate.judges import make_judge, score_all
+from minidpo.iterate.pairs import PairCounts, ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
+from minidpo.iterate.sampling import sample_answers
+from minidpo.iterate.summary import eval_figures, write_summary
+
+TRAINER = Path(__file__).resolve().parents[2] / "trainer" / "train_dpo.py"
+
+
+def _read_json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _write_json(path: Path, value) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def round_prompts(records: list, cfg: IterateConfig, k: int) -> list:
+    """Round k's prompts: a fresh seeded draw, stratified over axis x language, or all of them."""
+    from minidpo.eval import stratified
+
+    if cfg.prompts_per_round == -1 or cfg.prompts_per_round >= len(records):
+        return list(records)
+    shuffled = list(records)
+    random.Random(cfg.seed * 1000 + k).shuffle(shuffled)
+    return stratified(shuffled, cfg.prompts_per_round)
+
+
+def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, judge, rd: Path) -> dict:
+    """Sample, judge and pair (or take the votes); writes samples.jsonl, pairs.jsonl, pairs.json."""
+    from minidpo.eval import read_heldout
+    from minidpo.generation import SamplingSettings
+
+    if judge is None:  # judge=votes
+        started = time.perf_counter()
+        pairs, counts = votes_pairs(read_heldout(cfg.votes), records, cfg.votes_fraction,
+                                    random.Random(cfg.seed * 1000 + k))
+        info = {"pairs": {**counts, "skipped": 0}, "seconds": {"sample": 0.0, "judge": time.perf_counter() - started}}
+        write_pairs(rd / "pairs.jsonl", pairs)
+        _write_json(rd / "pairs.json", info)
+        return info
+    prompts = round_prompts(records, cfg, k)
+    settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                seed=cfg.seed * 1000 + k * 100)  # answer j of the round: seed + j
+    started = time.perf_counter()
+    answers = sample_answers(policy, [r.prompt_messages for r in prompts], cfg.samples_per_prompt, settings,
+                             batch_size=cfg.sample_batch_size, nproc=cfg.nproc)
+    sampled = time.perf_counter()
+    flat = [(r.prompt_messages, a, r) for r, ans in zip(prompts, answers) for a in ans]
+    flat_scores = score_all(judge, flat)
+    n = cfg.samples_per_prompt
+    groups = [ScoredPrompt(r, ans, flat_scores[i * n:(i + 1) * n]) for i, (r, ans) in enumerate(zip(prompts, answers))]
+    pairs, counts = pairs_from_scores(groups)
+    judged = time.perf_counter()
+    write_jsonl(rd / "samples.jsonl", ({"id": g.record.id, "axis": g.record.axis, "lang": g.record.lang,
+                                        "prompt": g.record.prompt_messages, "answers": g.answers, "scores": g.scores}
+                                       for g in groups))
+    write_pairs(rd / "pairs.jsonl", pairs)
+    info = {"policy": policy, "sampling": settings.to_dict(), "samples_per_prompt": n, "pairs": counts.to_dict(),
+            "seconds": {"sample": sampled - started, "judge": judged - sampled}}
+    _write_json(rd / "pairs.json", info)
+    return info
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(cfg: IterateConfig, policy: str, reference: str, data: Path, run_dir: Path, resume: bool) -> list[str]:
+    """The trainer's command line for a round, launched as `make train` launches it."""
+    if cfg.launcher == "deepspeed":
+        launcher = str(Path(sys.executable).parent / "deepspeed")
+        cmd = [launcher, "--num_gpus", str(cfg.nproc), "--master_port", str(_free_port()), str(TRAINER)]
+    else:
+        cmd = [sys.executable, str(TRAINER)]
+    if cfg.train_config:
+        cmd += ["--config", cfg.train_config]
+    cmd += ["--model", policy, "--data", str(data), "--output_dir", str(run_dir), "--deepspeed", cfg.deepspeed]
+    if reference != policy:
+        cmd += ["--ref_model", reference]
+    cmd += shlex.split(cfg.train_args)
+    if resume:
+        cmd += ["--resume", "true"]
+    return cmd
+
+
+def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
+    """DPO of the round's pairs from `policy`; continues a started run. Returns the trainer's summary."""
+    run_dir = rd / "dpo"
+    done = _read_json(run_dir / "summary.json")
+    if done:
+        return {**done, "wall_seconds": 0.0, "resumed_from": "finished before"}
+    latest = run_dir / "checkpoints" / "latest"
+    resumed = latest.read_text().strip() if latest.is_file() else None
+    reference = cfg.sft_model if cfg.reference == "sft" else policy
+    cmd = train_command(cfg, policy, reference, rd / "pairs.jsonl", run_dir, resume=resumed is not None)
+    log(("resuming from " + resumed + ": " if resumed else "") + " ".join(shlex.quote(c) for c in cmd))
+    started = time.perf_counter()
+    rc = subprocess.run(cmd).returncode
+    wall = time.perf_counter() - started
+    summary = _read_json(run_dir / "summary.json")
+    if rc != 0 or summary is None:
+        raise RuntimeError(f"round {rd.name}: DPO training failed (exit status {rc}); its error is above. "
+                           "Fix it and run again: the iteration resumes here")
+    return {**summary, "wall_seconds": wall, "resumed_from": resumed}
+
+
+def evaluate_round(cfg: IterateConfig, model: str, rd: Path, k: int) -> tuple[dict | None, float]:
+    """`make eval`'s evaluation (demo judge) of `model` against the SFT model; reused when done."""
+    if not cfg.heldout:
+        return None, 0.0
+    cached = _read_json(rd / "eval" / "eval.json")
+    if cached:
+        return cached, 0.0
+    from minidpo.demo.judge import judge_heldout
+    from minidpo.eval import evaluate
+
+    started = time.perf_counter()
+    result = evaluate(cfg.sft_model, model, cfg.heldout, rd / "eval", judge=judge_heldout, device="auto",
+                      n_generate=cfg.eval_n_generate, n_kl=cfg.eval_n_kl, max_new_tokens=cfg.eval_max_new_tokens,
+                      step=k)
+    return result, time.perf_counter() - started
+
+
+# what may change when an iteration is continued: more rounds, where it lives, how it is run
+RESUMABLE_CHANGES = {"rounds", "output_dir", "nproc", "launcher", "sample_batch_size", "reward_batch_size"}
+
+
+def check_same_settings(cfg: IterateConfig, stored: dict | None) -> None:
+    """A folder's rounds were made with its iterate_config.json: continuing it with other settings
+    would mix two experiments in one table."""
+    if not stored:
+        return
+    changed = sorted(k for k, v in cfg.to_dict().items() if k not in RESUMABLE_CHANGES and k in stored and stored[k] != v)
+    if changed:
+        raise ConfigError(f"--output_dir {cfg.output_dir} holds an iteration made with other settings "
+                          f"({', '.join(f'{k}: {stored[k]!r} -> {getattr(cfg, k)!r}' for k in changed)}); "
+                          "use a new --output_dir, or the same settings to continue it")
+
+
+def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
+    """Run (or continue) the iteration; returns the summary ({"rounds": rows, "stopped": message}).
+    judge: a Judge object to use instead of the one `cfg.judge` names (the Python API's plug-in)."""
+    from minidpo.eval import read_heldout
+
+    validate(cfg)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    check_same_settings(cfg, _read_json(out / "iterate_config.json"))
+    _write_json(out / "iterate_config.json", cfg.to_dict())
+    records = read_heldout(cfg.data)
+    judge = judge if judge is not None else make_judge(cfg)
+    rows: list[dict] = []
+    if cfg.eval_start and cfg.heldout:
+        rd = out / "round_0"
+        rd.mkdir(exist_ok=True)
+        log(f"round 0: evaluating the starting policy {cfg.model}")
+        result, seconds = evaluate_round(cfg, cfg.model, rd, 0)
+        rows += [{"round": 0, "label": "SFT", "eval": eval_figures(result, "sft")},
+                 {"round": 0, "label": "start", "export": cfg.model, "eval": eval_figures(result),
+                  "seconds": {"eval": seconds}}]
+        write_summary(out, rows, None)
+
+    policy, stopped = cfg.model, None
+    for k in range(1, cfg.rounds + 1):
+        rd = out / f"round_{k}"
+        finished = _read_json(rd / "round.json")
+        if finished:
+            log(f"round {k}: finished before ({finished['export']})")
+            rows.append(finished)
+            policy = finished["export"]
+            continue
+        rd.mkdir(exist_ok=True)
+        info = _read_json(rd / "pairs.json") if (rd / "pairs.jsonl").is_file() else None
+        if info is None:
+            log(f"round {k}: sampling from {policy}")
+            info = make_round_pairs(cfg, k, policy, records, judge, rd)
+        c = info["pairs"]
+        log(f"round {k}: {c['pairs']} pairs" + (f" ({c['skipped']} prompts skipped: {c.get('all_equal', 0)} all "
+            f"equal, {c.get('unscored', 0)} unscored)" if "skipped" in c and "prompts" in c else ""))
+        if c["pairs"] < cfg.min_pairs:
+            stopped = (f"round {k} has {c['pairs']} pairs, fewer than min_pairs={cfg.min_pairs} "
+                       "(answers the judge cannot tell apart): nothing to learn, the loop stops here")
+            log(f"minidpo.iterate: {stopped}")
+            break
+        trained = train_round(cfg, policy, rd, log)
+        export = trained["export"]
+        result, eval_seconds = evaluate_round(cfg, export, rd, k)
+        row = {"round": k, "label": f"round {k}", "policy": policy, "export": export,
+               "reference": cfg.sft_model if cfg.reference == "sft" else policy, "pairs": c,
+               "train": {"steps": trained["steps"], "seconds": trained["seconds"], "resumed_from": trained["resumed_from"]},
+               "eval": eval_figures(result),
+               "seconds": {"sample": info["seconds"]["sample"], "judge": info["seconds"]["judge"],
+                           "train": trained["wall_seconds"], "eval": eval_seconds}}
+        _write_json(rd / "round.json", row)
+        rows.append(row)
+        write_summary(out, rows, None)
+        policy = export
+    summary = write_summary(out, rows, stopped)
+    log(f"wrote {out / 'summary.md'} and {out / 'summary.json'}")
+    return summary
+
+
+def main(argv=None) -> dict:
+    """`python -m minidpo.iterate`: settings as flags or --config FILE; bad input is one `error:` line."""
+    from minidpo.config import parse_config
+    from minidpo.data import DataError
+
+    try:
+        return iterate(parse_config(argv, IterateConfig, "Iterative on-policy DPO: sample, judge, train again"))
+    except (ConfigError, DataError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
