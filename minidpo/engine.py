@@ -25,6 +25,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+RENDEZVOUS_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
+
+
+def launch_env(**extra: str) -> dict:
+    """The environment for a training run started as a child process: this process's, without the
+    rendezvous of a process group it may hold itself (its port is taken: the child would fail to listen)."""
+    env = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS_VARS}
+    env.update(extra)
+    return env
+
+
 def setup_distributed() -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed; works under `deepspeed`/`torchrun` and standalone.
 

@@ -29,6 +29,7 @@ from minidpo.bench.settings import TRAINERS, Settings
 from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work
 from minidpo.data import TokenizedPair, batch_plan
 from minidpo.data.collate import padded_length
+from minidpo.engine import launch_env
 
 DEFAULT_TRAINERS = "minidpo,minidpo-simpo,trl,naive"
 LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing", "trl": "TRL DPOTrainer",
@@ -39,8 +40,7 @@ OTHER_OBJECTIVES = ("minidpo-simpo",)  # timed and measured beside DPO; not in t
 def _env(threads: int) -> dict:
     # each worker is a one-process run of its own: an inherited rendezvous (a port another process
     # already listens on) must not leak into it
-    dist_vars = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
-    env = {k: v for k, v in os.environ.items() if k not in dist_vars}
+    env = launch_env()
     env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(".cache", "torch_extensions"))

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from minidpo.config import ConfigError
+from minidpo.engine import launch_env
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import make_judge, score_all
 from minidpo.iterate.pairs import PairCounts, ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
@@ -133,7 +134,7 @@ def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
     cmd = train_command(cfg, policy, reference, rd / "pairs.jsonl", run_dir, resume=resumed is not None)
     log(("resuming from " + resumed + ": " if resumed else "") + " ".join(shlex.quote(c) for c in cmd))
     started = time.perf_counter()
-    rc = subprocess.run(cmd).returncode
+    rc = subprocess.run(cmd, env=launch_env()).returncode
     wall = time.perf_counter() - started
     summary = _read_json(run_dir / "summary.json")
     if rc != 0 or summary is None:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from dataclasses import asdict
 
+from minidpo.engine import launch_env
 from minidpo.generation import SamplingSettings
 
 
@@ -55,7 +56,7 @@ def sample_answers(model_dir: str, prompts_messages: list[list[dict]], k: int, s
                        "batch_size": batch_size, "world_size": nproc}, f, ensure_ascii=False)
         procs = []
         for rank in range(nproc):
-            env = dict(os.environ)
+            env = launch_env()
             if gpus:
                 env["CUDA_VISIBLE_DEVICES"] = str(rank % gpus)
             procs.append(subprocess.Popen([sys.executable, "-m", "minidpo.iterate.sampling", job, str(rank)], env=env))
