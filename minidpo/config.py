@@ -78,6 +78,15 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
+    # reliability (minidpo.faults)
+    max_skipped_steps: int = field(default=10, metadata={"help": "stop after this many optimizer steps in a row were "
+                                   "skipped for a non-finite loss/gradient (0: never stop)"})
+    dist_timeout: float = field(default=600.0, metadata={"help": "seconds a rank waits in a collective for the others "
+                                "before it fails (a dead or hung rank)"})
+    resume_allow_changes: str = field(default="", metadata={"help": "comma-separated settings a --resume may change "
+                                      "on purpose (e.g. epochs,max_steps; 'all'); others must match the checkpoint"})
+    allow_pickle_weights: bool = field(default=False, metadata={"help": "accept a model folder whose weights are only a "
+                                       "pickle pytorch_model.bin (read with weights_only=True)"})
 
     @property
     def ref_model_path(self) -> str:
@@ -193,6 +202,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"--max_prompt_length must be in (0, max_length={cfg.max_length}), got {cfg.max_prompt_length}")
     if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
+    if cfg.max_skipped_steps < 0 or cfg.dist_timeout <= 0:
+        raise ConfigError("--max_skipped_steps must be >= 0 and --dist_timeout > 0 (seconds)")
     check_output_dir(cfg.output_dir)
 
 

@@ -18,6 +18,7 @@ import torch.distributed as dist
 from minidpo.data import collate_pairs
 from minidpo.data.collate import collate_packed, padded_length
 from minidpo.logprobs import pair_logps
+from minidpo.metrics import progress
 
 CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
 
@@ -47,7 +48,7 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
         counts = torch.tensor([n_batches])
         dist.all_reduce(counts, op=dist.ReduceOp.MAX)
         n_batches = int(counts)
-    for b in range(n_batches):
+    for b in progress(range(n_batches), desc="reference log-probs", enabled=rank == 0, unit="batch"):
         indices = mine[b * batch_size:(b + 1) * batch_size] or mine[:1]  # a spare rank repeats a pair
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices], pad_token_id).items()}
         chosen, rejected, _ = pair_logps(reference, batch, reduction)
@@ -67,7 +68,7 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
     if world_size > 1:  # load only if every rank sees the file (nodes may not share a disk)
         dist.all_reduce(found, op=dist.ReduceOp.MIN)
     if found.item():
-        table = torch.load(path)
+        table = torch.load(path, weights_only=True)
         log(f"reference log-probs: {len(table)} pairs from {path}")
         return table
     table = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
