@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -62,7 +63,9 @@ def inject(point: str, step: int, path: str = "") -> str | None:
             os.kill(os.getpid(), signal.SIGTERM)
         elif action == "int2":
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs (two signals pending at once would count as one)
             os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
         elif action == "enospc":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
         return action
@@ -103,6 +106,12 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
 
 
 def resume_hint(output_dir: str) -> str:

@@ -125,13 +125,14 @@ class MetricTracker:
             self.totals[key] += s[key]
         pairs = max(s["pairs"], 1.0)
         row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()} if s["pairs"] else {}
-        row.update({
-            "learning_rate": self.lr,
-            "perf/tokens_per_s": s["tokens"] / elapsed,
-            "perf/pairs_per_s": s["pairs"] / elapsed,
-            "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
-            "memory/peak_gb": peak,
-        })
+        row["learning_rate"] = self.lr
+        if s["pairs"]:  # else every step of the interval was skipped (non-finite): nothing was measured
+            row.update({
+                "perf/tokens_per_s": s["tokens"] / elapsed,
+                "perf/pairs_per_s": s["pairs"] / elapsed,
+                "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
+            })
+        row["memory/peak_gb"] = peak
         if grad_norms:
             row["grad_norm"] = sum(grad_norms) / len(grad_norms)
         if s["aux_loss"]:

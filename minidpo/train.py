@@ -153,8 +153,12 @@ def pair_tokens(pairs) -> int:
 
 
 def train(cfg: RunConfig) -> dict:
+    with faults.StopRequest() as stop:  # SIGTERM / Ctrl-C: finish the step, save, exit 0
+        return _train(cfg, stop)
+
+
+def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
     run = prepare_run(cfg)
-    stop = faults.StopRequest()  # SIGTERM / Ctrl-C: finish the step, save, exit 0
     fingerprint = faults.fingerprint(cfg, run.world_size)
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing,
                                   allow_pickle=cfg.allow_pickle_weights)
@@ -234,7 +238,6 @@ def train(cfg: RunConfig) -> dict:
     save(step, False)
     checkpoint.export_hf(policy, run.tokenizer, os.path.join(cfg.output_dir, "export"))
     tracker.close()
-    stop.restore()
     return write_summary(run, step, seconds, tracker.totals, skipped_steps=tracker.skipped_steps)
 
 
