@@ -63,7 +63,7 @@ def inject(point: str, step: int, path: str = "") -> str | None:
             os.kill(os.getpid(), signal.SIGTERM)
         elif action == "int2":
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)  # the handler runs (two signals pending at once would count as one)
+            time.sleep(1.5)  # a person's second Ctrl-C, not a launcher's echo of the first
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
         elif action == "enospc":
@@ -79,9 +79,9 @@ class StopRequest:
     second signal aborts at once. `agreed()` is collective: every rank learns that some rank was asked,
     so all stop at the same step."""
 
-    def __init__(self, log=print):
+    def __init__(self):
         self.signal_name: str | None = None
-        self.log = log
+        self._first_at = 0.0
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._previous[sig] = signal.signal(sig, self._handle)
@@ -89,9 +89,13 @@ class StopRequest:
     def _handle(self, signum, _frame):
         name = signal.Signals(signum).name
         if self.signal_name is not None:
-            print(f"minidpo: second {name}: aborting now, without a checkpoint", file=sys.stderr, flush=True)
-            os._exit(130)
-        self.signal_name = name
+            # A launcher forwards the terminal's Ctrl-C as a signal of its own (deepspeed: SIGTERM,
+            # torchrun: the same one) within milliseconds: only a later, second SIGINT is a person.
+            if signum == signal.SIGINT and time.monotonic() - self._first_at > 1.0:
+                print(f"minidpo: second {name}: aborting now, without a checkpoint", file=sys.stderr, flush=True)
+                os._exit(130)
+            return
+        self.signal_name, self._first_at = name, time.monotonic()
         print(f"minidpo: {name} received: stopping after this optimizer step with a checkpoint "
               "(send it again to abort at once)", file=sys.stderr, flush=True)
 

@@ -19,7 +19,9 @@ import torch
 from minidpo.config import ConfigError, RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+# Subprocesses run the test's own interpreter path (torchrun as `python -m torch.distributed.run`): DeepSpeed
+# JIT-builds its CPU op keyed on the include paths, and another path would rebuild it in the shared cache.
+PYTHON = sys.executable
 pytestmark = pytest.mark.slow
 
 # the uninterrupted run every faulty one is compared with: 6 steps of 4 pairs, a checkpoint every 2
@@ -72,7 +74,7 @@ def run_cli(cmd, env, timeout=300) -> subprocess.CompletedProcess:
 
 
 def trainer(*args) -> list[str]:
-    return [sys.executable, "trainer/train_dpo.py", *args]
+    return [PYTHON, "trainer/train_dpo.py", *args]
 
 
 def metrics(output_dir) -> list[dict]:
@@ -176,7 +178,7 @@ def free_port() -> int:
 
 
 def _torchrun(node_rank: int, nnodes: int, nproc: int, port: int) -> list[str]:
-    return [f"{BIN}/torchrun", "--nnodes", str(nnodes), "--node_rank", str(node_rank), "--nproc_per_node", str(nproc),
+    return [PYTHON, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank), "--nproc_per_node", str(nproc),
             "--master_addr", "127.0.0.1", "--master_port", str(port), "trainer/train_dpo.py"]
 
 
