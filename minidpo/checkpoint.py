@@ -115,10 +115,10 @@ def latest_path(output_dir: str) -> str | None:
     return tag and os.path.join(checkpoints_dir(output_dir), tag)
 
 
-def resume_checked(engine, cfg, fingerprint: dict, log) -> tuple[int, dict]:
-    """--resume: remove what a killed save left, refuse a checkpoint made with other settings (unless
-    --resume_allow_changes names them), load it. Returns (step, this rank's saved state); (0, {}) with
-    a line when no complete checkpoint exists yet (the run was killed before its first save)."""
+def check_resume(cfg, fingerprint: dict, log) -> bool:
+    """--resume, before any heavy work: remove what a killed save left, refuse a checkpoint made with
+    other settings (unless --resume_allow_changes names them). False, with a line, when no complete
+    checkpoint exists yet (the run was killed before its first save): the run starts from step 0."""
     root = checkpoints_dir(cfg.output_dir)
     if dist.get_rank() == 0:
         faults.clean_incomplete(root, log)
@@ -127,13 +127,12 @@ def resume_checked(engine, cfg, fingerprint: dict, log) -> tuple[int, dict]:
     path = latest_path(cfg.output_dir)
     if path is None:
         log(f"minidpo: --resume: no complete checkpoint in {root} yet: starting from step 0")
-        return 0, {}
+        return False
     meta = checkpoint_meta(cfg.output_dir) or {}
     changes = faults.check_fingerprint(meta.get("fingerprint"), fingerprint, cfg.resume_allow_changes, path)
     if changes:
         log(f"minidpo: resuming {path} with changed settings (allowed): {'; '.join(changes)}")
-    state = resume(engine, cfg.output_dir)
-    return state["step"], state.get("rank_state", {})
+    return True
 
 
 def checkpoint_meta(output_dir: str) -> dict | None:

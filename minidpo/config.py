@@ -81,7 +81,7 @@ class RunConfig:
     # reliability (minidpo.faults)
     max_skipped_steps: int = field(default=10, metadata={"help": "stop after this many optimizer steps in a row were "
                                    "skipped for a non-finite loss/gradient (0: never stop)"})
-    dist_timeout: float = field(default=600.0, metadata={"help": "seconds a rank waits in a collective for the others "
+    dist_timeout: float = field(default=1800.0, metadata={"help": "seconds a rank waits in a collective for the others "
                                 "before it fails (a dead or hung rank)"})
     resume_allow_changes: str = field(default="", metadata={"help": "comma-separated settings a --resume may change "
                                       "on purpose (e.g. epochs,max_steps; 'all'); others must match the checkpoint"})

@@ -160,6 +160,7 @@ def train(cfg: RunConfig) -> dict:
 def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
     run = prepare_run(cfg)
     fingerprint = faults.fingerprint(cfg, run.world_size)
+    resuming = cfg.resume and checkpoint.check_resume(cfg, fingerprint, run.log)  # before the heavy work
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing,
                                   allow_pickle=cfg.allow_pickle_weights)
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
@@ -179,7 +180,8 @@ def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
             rank=run.rank, world_size=run.world_size, log=run.log)
     else:
         reference = make_reference()
-    step, rank_state = checkpoint.resume_checked(policy, cfg, fingerprint, run.log) if cfg.resume else (0, {})
+    state = checkpoint.resume(policy, cfg.output_dir) if resuming else {"step": 0}
+    step, rank_state = state["step"], state.get("rank_state", {})
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
             + (f", resumed at step {step}" if step else ""))

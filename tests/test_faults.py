@@ -134,7 +134,7 @@ def test_sigkill_at_a_step_and_inside_a_save_then_resume_equals_no_interruption(
     second = run_cli(trainer(*args, "--resume", "true"), env_with("kill@save:4"))  # files written, not committed
     assert second.returncode == -signal.SIGKILL, second.stderr[-2000:]
     assert latest(out) == "step_00000002"  # `latest` still names the complete checkpoint
-    assert os.path.isdir(out / "checkpoints/step_00000004.partial")
+    assert os.path.isdir(out / "checkpoints/step_00000004.partial/hf")  # its HF export inside, uncommitted too
     assert not os.path.exists(out / "checkpoints/step_00000004")
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]  # step 3 was dropped and written again
 
