@@ -3,7 +3,7 @@
 Layout inside a run folder:
     checkpoints/latest                 tag of the newest complete checkpoint (written last, atomically)
     checkpoints/step_00000100/         DeepSpeed model + optimizer + scheduler states, one RNG file per rank
-    checkpoints/step_00000100/minidpo.json  step, resume fingerprint, skipped steps (minidpo.faults)
+    checkpoints/step_00000100/minidpo.json  step and resume fingerprint (minidpo.faults)
     checkpoints/step_00000100/hf/      Hugging Face export of that step (save_pretrained + tokenizer)
     export/                            the final Hugging Face export
 

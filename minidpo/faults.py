@@ -266,6 +266,15 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def fsync_tree(path: str) -> None:
+    """Flush every file under `path` to disk (a kill -9 loses nothing written; a power loss could)."""
+    for folder, _, names in os.walk(path):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(folder)
+
+
 def write_text_atomic(path: str, text: str) -> None:
     """Write a temp file, fsync, rename over `path`: a reader sees the old text or the new, never half."""
     tmp = f"{path}.tmp{os.getpid()}"
@@ -280,6 +289,7 @@ def write_text_atomic(path: str, text: str) -> None:
 def commit_folder(partial: str, final: str) -> None:
     """Replace `final` by the complete folder `partial` (a rename: atomic on one file system). An old
     `final` is moved aside first and deleted after, so a crash leaves one complete folder or the other."""
+    fsync_tree(partial)  # on disk before it is named complete (a power loss, not only a kill)
     old = final + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(final):
