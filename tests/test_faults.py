@@ -245,6 +245,7 @@ def test_a_dead_or_frozen_rank_makes_the_other_exit_with_a_clear_error_in_bounde
     finally:
         rank1.kill()
         rank1.communicate()
+    print(f"{fault}: the survivor exited {waited:.1f} s after rank 1's fault (--dist_timeout {timeout})")
     assert rank0.returncode == 4, err[-2000:]
     assert "error: rank 0 of 2: a collective operation failed, another rank probably died or hung" in err
     assert "Traceback" not in err.split("error: rank 0")[-1]
