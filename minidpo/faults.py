@@ -336,6 +336,18 @@ def truncate_metrics(path: str, last_step: int) -> int:
     return len(lines) - len(keep)
 
 
+def after_last_event_file(folder: str) -> None:
+    """TensorBoard reads a folder's event files in name order, whose first key is the writer's start
+    second: a resumed run's writer must start in a later second than the killed one's, or its purge
+    comes first and the killed run's rows stay visible. Waits at most a second."""
+    if not os.path.isdir(folder):
+        return
+    stamps = [int(n.split(".")[3]) for n in os.listdir(folder)
+              if n.startswith("events.out.tfevents.") and n.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 # --- safe loading --------------------------------------------------------------------------------------
 
 SAFE_WEIGHTS = (".safetensors", ".safetensors.index.json")

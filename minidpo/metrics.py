@@ -58,11 +58,12 @@ class MetricTracker:
             return
         from tqdm.auto import tqdm
 
-        from minidpo.faults import truncate_metrics
+        from minidpo.faults import after_last_event_file, truncate_metrics
 
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
+            after_last_event_file(os.path.join(output_dir, "tensorboard"))
             # purge_step: events of steps a resumed run writes again are dropped when TensorBoard reads them
             self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
         truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)  # each step exactly once
