@@ -306,7 +306,7 @@ def clean_incomplete(folder: str, log=print) -> None:
     for name in sorted(os.listdir(folder)):
         if name.endswith((PARTIAL, ".old")) and os.path.isdir(os.path.join(folder, name)):
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
-            log(f"minidpo: removed {os.path.join(folder, name)}: an incomplete save (the run was killed while writing it)")
+            log(f"minidpo: removed {os.path.join(folder, name)}: an incomplete save (the run was killed or failed while writing it)")
 
 
 def save_failed(path: str, error: OSError, previous: str | None) -> FaultError:
