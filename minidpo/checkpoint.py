@@ -1,14 +1,19 @@
 """Resumable DeepSpeed checkpoints and Hugging Face exports.
 
 Layout inside a run folder:
-    checkpoints/latest                 tag of the newest checkpoint (written by DeepSpeed)
+    checkpoints/latest                 tag of the newest complete checkpoint (written last, atomically)
     checkpoints/step_00000100/         DeepSpeed model + optimizer + scheduler states, one RNG file per rank
+    checkpoints/step_00000100/minidpo.json  step and resume fingerprint (minidpo.faults)
     checkpoints/step_00000100/hf/      Hugging Face export of that step (save_pretrained + tokenizer)
     export/                            the final Hugging Face export
+
+A checkpoint or export is written into `<name>.partial` and renamed when complete, so a kill during a
+save leaves the previous one intact; a resume removes the leftovers with a line saying so.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -16,6 +21,8 @@ import shutil
 
 import torch
 import torch.distributed as dist
+
+from minidpo import faults
 
 TAG_RE = re.compile(r"^step_(\d+)$")
 
@@ -48,20 +55,44 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
     if engine.zero_optimization_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers the partitions on rank 0
     if dist.get_rank() == 0:
-        os.makedirs(out_dir, exist_ok=True)
-        engine.module.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(out_dir)
+        partial = out_dir.rstrip("/") + faults.PARTIAL  # renamed once complete: a killed export leaves the old one
+        shutil.rmtree(partial, ignore_errors=True)
+        os.makedirs(partial)
+        engine.module.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        faults.commit_folder(partial, out_dir)
     dist.barrier()
 
 
-def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, keep: int, export: bool) -> str:
-    """Checkpoint (and export) at optimizer step `step`; keep only the newest `keep` checkpoints."""
+def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, keep: int, export: bool,
+         rank_state: dict | None = None, meta: dict | None = None) -> str:
+    """Checkpoint (and export) at optimizer step `step`; keep only the newest `keep` checkpoints.
+    Written into `<tag>.partial`, renamed, then `latest` is replaced: a kill at any point leaves the
+    previous checkpoint named by `latest`. rank_state: this rank's extra state (e.g. metric sums);
+    meta: JSON written by rank 0 (the resume fingerprint)."""
     root = checkpoints_dir(output_dir)
     tag = step_tag(step)
-    engine.save_checkpoint(root, tag=tag, client_state=client_state)
-    torch.save(_rng_state(), os.path.join(root, tag, f"rng_rank{dist.get_rank()}.pt"))
-    if export:
-        export_hf(engine, tokenizer, os.path.join(root, tag, "hf"))
+    partial = tag + faults.PARTIAL
+    previous = latest_tag(output_dir)
+    try:
+        if dist.get_rank() == 0:
+            shutil.rmtree(os.path.join(root, partial), ignore_errors=True)
+        dist.barrier()
+        engine.save_checkpoint(root, tag=partial, client_state=client_state, save_latest=False)
+        torch.save({**_rng_state(), "rank_state": rank_state or {}},
+                   os.path.join(root, partial, f"rng_rank{dist.get_rank()}.pt"))
+        if export:
+            export_hf(engine, tokenizer, os.path.join(root, partial, "hf"))
+        faults.inject("save", step, os.path.join(root, partial))
+        dist.barrier()
+        if dist.get_rank() == 0:
+            faults.write_text_atomic(os.path.join(root, partial, "minidpo.json"),
+                                     json.dumps({"step": step, **(meta or {})}, indent=2))
+            faults.commit_folder(os.path.join(root, partial), os.path.join(root, tag))
+            faults.write_text_atomic(os.path.join(root, "latest"), tag)
+    except OSError as e:
+        raise faults.save_failed(e.filename or os.path.join(root, partial), e,
+                                 previous and os.path.join(root, previous)) from e
     dist.barrier()
     if dist.get_rank() == 0:
         tags = sorted((t for t in os.listdir(root) if TAG_RE.match(t)), key=lambda t: int(TAG_RE.match(t)[1]))
@@ -79,8 +110,45 @@ def latest_tag(output_dir: str) -> str | None:
         return f.read().strip() or None
 
 
+def latest_path(output_dir: str) -> str | None:
+    tag = latest_tag(output_dir)
+    return tag and os.path.join(checkpoints_dir(output_dir), tag)
+
+
+def check_resume(cfg, fingerprint: dict, log) -> bool:
+    """--resume, before any heavy work: remove what a killed save left, refuse a checkpoint made with
+    other settings (unless --resume_allow_changes names them). False, with a line, when no complete
+    checkpoint exists yet (the run was killed before its first save): the run starts from step 0."""
+    root = checkpoints_dir(cfg.output_dir)
+    if dist.get_rank() == 0:
+        faults.clean_incomplete(root, log)
+        faults.clean_incomplete(cfg.output_dir, log)  # export.partial
+    dist.barrier()
+    path = latest_path(cfg.output_dir)
+    if path is None:
+        log(f"minidpo: --resume: no complete checkpoint in {root} yet: starting from step 0")
+        return False
+    meta = checkpoint_meta(cfg.output_dir) or {}
+    changes = faults.check_fingerprint(meta.get("fingerprint"), fingerprint, cfg.resume_allow_changes, path)
+    if changes:
+        log(f"minidpo: resuming {path} with changed settings (allowed): {'; '.join(changes)}")
+    return True
+
+
+def checkpoint_meta(output_dir: str) -> dict | None:
+    """minidpo.json of the latest checkpoint (None: no checkpoint, or one from before it existed)."""
+    tag = latest_tag(output_dir)
+    path = tag and os.path.join(checkpoints_dir(output_dir), tag, "minidpo.json")
+    if not path or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def resume(engine, output_dir: str) -> dict:
-    """Load the latest checkpoint into the engine; returns the client state saved with it."""
+    """Load the latest checkpoint into the engine; returns the client state saved with it, plus this
+    rank's `rank_state`. DeepSpeed reads its own files with torch.load(weights_only=False) (0.19 has no
+    switch): they are trusted because this run wrote them; our RNG file is read with weights_only=True."""
     tag = latest_tag(output_dir)
     if tag is None:
         raise FileNotFoundError(f"--resume: no checkpoint in {checkpoints_dir(output_dir)} (no 'latest' file)")
@@ -89,5 +157,7 @@ def resume(engine, output_dir: str) -> dict:
         raise FileNotFoundError(f"--resume: DeepSpeed could not load checkpoint {tag} in {checkpoints_dir(output_dir)}")
     rng_file = os.path.join(checkpoints_dir(output_dir), tag, f"rng_rank{dist.get_rank()}.pt")
     if os.path.isfile(rng_file):
-        _set_rng_state(torch.load(rng_file, weights_only=False))
+        state = torch.load(rng_file, weights_only=True)
+        _set_rng_state(state)
+        client_state = {**client_state, "rank_state": state.get("rank_state", {})}
     return client_state

@@ -104,6 +104,15 @@ class RunConfig:
                              "up to n padded packed positions (pairs x longest [prompt, chosen, rejected] row; "
                              "batch_size is then unused); a longer pair travels alone"}
     )
+    # reliability (minidpo.faults)
+    max_skipped_steps: int = field(default=10, metadata={"help": "stop after this many optimizer steps in a row were "
+                                   "skipped for a non-finite loss/gradient (0: never stop)"})
+    dist_timeout: float = field(default=1800.0, metadata={"help": "seconds a rank waits in a collective for the others "
+                                "before it fails (a dead or hung rank)"})
+    resume_allow_changes: str = field(default="", metadata={"help": "comma-separated settings a --resume may change "
+                                      "on purpose (e.g. epochs,max_steps; 'all'); others must match the checkpoint"})
+    allow_pickle_weights: bool = field(default=False, metadata={"help": "accept a model folder whose weights are only a "
+                                       "pickle pytorch_model.bin (read with weights_only=True)"})
 
     @property
     def ref_model_path(self) -> str:
@@ -237,6 +246,8 @@ def validate(cfg: RunConfig) -> None:
     if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
     check_token_budget(cfg.max_tokens_per_batch)
+    if cfg.max_skipped_steps < 0 or cfg.dist_timeout <= 0:
+        raise ConfigError("--max_skipped_steps must be >= 0 and --dist_timeout > 0 (seconds)")
     check_output_dir(cfg.output_dir)
 
 

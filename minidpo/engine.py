@@ -36,10 +36,11 @@ def launch_env(**extra: str) -> dict:
     return env
 
 
-def setup_distributed() -> tuple[int, int]:
+def setup_distributed(timeout_s: float | None = None) -> tuple[int, int]:
     """Initialise torch.distributed through DeepSpeed; works under `deepspeed`/`torchrun` and standalone.
 
     A plain `python trainer/train_dpo.py` has no launcher environment: we describe a world of one.
+    timeout_s: how long a collective waits for the other ranks before it fails (a dead or hung rank).
     Returns (rank, world_size).
     """
     if "RANK" not in os.environ:
@@ -53,7 +54,10 @@ def setup_distributed() -> tuple[int, int]:
     # DeepSpeed logs every config key and memory figure at INFO; we print our own one-line summary.
     deepspeed.utils.logger.setLevel(logging.WARNING)
     transformers.utils.logging.disable_progress_bar()
-    deepspeed.init_distributed(dist_backend=None, verbose=False)
+    from minidpo.faults import dist_timeout
+
+    timeout = {"timeout": dist_timeout(timeout_s)} if timeout_s else {}
+    deepspeed.init_distributed(dist_backend=None, verbose=False, **timeout)
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
@@ -131,12 +135,14 @@ def build_reference_engine(model: torch.nn.Module, ds_config: dict):
     return engine
 
 
-def load_causal_lm(path: str, *, trainable: bool, activation_checkpointing: int = 0):
+def load_causal_lm(path: str, *, trainable: bool, activation_checkpointing: int = 0, allow_pickle: bool = False):
     """A local Hugging Face causal LM, loaded in float32 (DeepSpeed casts to the training precision).
     activation_checkpointing n > 0: every n-th decoder layer keeps only its input and recomputes the
     rest in the backward (n = 1: all layers, about a third more compute for much less activation memory)."""
+    from minidpo.faults import refuse_pickle_only
     from minidpo.models import load_weights  # the one loader (one-line errors)
 
+    refuse_pickle_only(path, allow_pickle)  # safetensors, or a pickle only when asked for
     model = load_weights(path, dtype=torch.float32)
     model.config.use_cache = False
     if trainable:

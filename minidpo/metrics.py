@@ -35,10 +35,20 @@ def peak_memory_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
+def progress(iterable, *, total: int | None = None, desc: str, enabled: bool = True, unit: str = "it"):
+    """A progress bar with rate and ETA on stderr (rank 0 only: pass enabled=rank == 0) for any pass
+    that can take more than a few seconds."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
+
+
 class MetricTracker:
     def __init__(self, output_dir: str, total_steps: int, rank: int, *, start_step: int = 0, tensorboard: bool = True):
         self.rank = rank
         self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
+        self.window = torch.zeros(len(_KEYS), dtype=torch.float64)  # this optimizer step's, until it is kept
+        self.skipped_steps = 0  # optimizer steps whose update was skipped (non-finite), whole run
         self.grad_norms: list[float] = []
         self.lr = 0.0
         self.totals = {"pairs": 0.0, "tokens": 0.0, "positions": 0.0, "real_positions": 0.0}  # whole run, all ranks
@@ -48,10 +58,15 @@ class MetricTracker:
             return
         from tqdm.auto import tqdm
 
+        from minidpo.faults import after_last_event_file, truncate_metrics
+
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+            after_last_event_file(os.path.join(output_dir, "tensorboard"))
+            # purge_step: events of steps a resumed run writes again are dropped when TensorBoard reads them
+            self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
+        truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)  # each step exactly once
         self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
 
@@ -75,11 +90,17 @@ class MetricTracker:
             "chosen_logps": chosen_logps.detach().sum(),
             "rejected_logps": rejected_logps.detach().sum(),
         }
-        self.sums += torch.tensor([float(values[k]) for k in _KEYS], dtype=torch.float64)
+        self.window += torch.tensor([float(values[k]) for k in _KEYS], dtype=torch.float64)
 
-    def add_optimizer_step(self, grad_norm, lr: float) -> None:
-        if grad_norm is not None:
-            self.grad_norms.append(float(grad_norm))
+    def add_optimizer_step(self, grad_norm, lr: float, skipped: bool = False) -> None:
+        """Keep the step's micro-step sums, or (skipped: a non-finite step) drop them and count it."""
+        if skipped:
+            self.skipped_steps += 1
+        else:
+            self.sums += self.window
+            if grad_norm is not None:
+                self.grad_norms.append(float(grad_norm))
+        self.window.zero_()
         self.lr = lr
         if self.bar is not None:
             self.bar.update(1)
@@ -104,25 +125,43 @@ class MetricTracker:
         for key in self.totals:
             self.totals[key] += s[key]
         pairs = max(s["pairs"], 1.0)
-        row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()}
-        row.update({
-            "learning_rate": self.lr,
-            "perf/tokens_per_s": s["tokens"] / elapsed,
-            "perf/pairs_per_s": s["pairs"] / elapsed,
-            "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
-            "memory/peak_gb": peak,
-        })
+        row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()} if s["pairs"] else {}
+        row["learning_rate"] = self.lr
+        if s["pairs"]:  # else every step of the interval was skipped (non-finite): nothing was measured
+            row.update({
+                "perf/tokens_per_s": s["tokens"] / elapsed,
+                "perf/pairs_per_s": s["pairs"] / elapsed,
+                "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
+            })
+        row["memory/peak_gb"] = peak
         if grad_norms:
             row["grad_norm"] = sum(grad_norms) / len(grad_norms)
         if s["aux_loss"]:
             row["aux_loss"] = s["aux_loss"] / pairs
+        row["train/skipped_steps"] = self.skipped_steps
         for name, value in row.items():
             if self.writer is not None:
                 self.writer.add_scalar(name, value, step)
         self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
         self.jsonl.flush()
-        self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", lr=f"{self.lr:.2e}")
+        if "loss" in row:
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", lr=f"{self.lr:.2e}")
         return row
+
+    def state_dict(self) -> dict:
+        """This rank's unlogged sums and the run's totals: saved with a checkpoint, so a resumed run logs
+        the interval it was in the middle of exactly as an uninterrupted run would."""
+        return {"sums": self.sums.clone(), "grad_norms": list(self.grad_norms), "lr": self.lr,
+                "totals": dict(self.totals), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            return
+        self.sums = state["sums"].clone()
+        self.grad_norms = list(state["grad_norms"])
+        self.lr = state["lr"]
+        self.totals = dict(state["totals"])
+        self.skipped_steps = int(state["skipped_steps"])
 
     def close(self) -> None:
         if self.rank == 0:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from minidpo.data import collate_pairs
 from minidpo.data.collate import collate_packed, padded_length
 from minidpo.logprobs import pair_logps
+from minidpo.metrics import progress
 
 CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
 
@@ -51,7 +52,7 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
         counts = torch.tensor([n_batches])
         dist.all_reduce(counts, op=dist.ReduceOp.MAX)
         n_batches = int(counts)
-    for b in range(n_batches):
+    for b in progress(range(n_batches), desc="reference log-probs", enabled=rank == 0, unit="batch"):
         indices = mine[b * batch_size:(b + 1) * batch_size] or mine[:1] or pairs[:1]  # a spare rank repeats a pair
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices], pad_token_id).items()}
         chosen, rejected, _ = pair_logps(reference, batch, reduction)
@@ -74,7 +75,7 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
     found = torch.tensor([int(os.path.isfile(path))])
     if world_size > 1:  # load only if every rank sees the file (nodes may not share a disk)
         dist.all_reduce(found, op=dist.ReduceOp.MIN)
-    table = torch.load(path) if found.item() else torch.full((len(dataset), 2), float("nan"))
+    table = torch.load(path, weights_only=True) if found.item() else torch.full((len(dataset), 2), float("nan"))
     needed = torch.zeros(len(dataset), dtype=torch.bool)
     needed[list(range(len(dataset)) if pairs is None else pairs)] = True
     missing = (needed & table.isnan().any(1)).int()

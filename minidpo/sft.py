@@ -49,8 +49,9 @@ def train_sft(cfg: SFTConfig) -> dict:
             continue
         step += 1
         if step % cfg.log_interval == 0 or step == run.total_steps:
+            elapsed = time.perf_counter() - started
             run.log(f"sft step {step}/{run.total_steps}  loss {sum(window) / len(window):.4f}  "
-                    f"lr {engine.get_lr()[0]:.2e}  {time.perf_counter() - started:.0f}s")
+                    f"lr {engine.get_lr()[0]:.2e}  {elapsed:.0f}s  eta {elapsed / step * (run.total_steps - step):.0f}s")
             window.clear()
         if step == run.total_steps:
             break

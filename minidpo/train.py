@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from minidpo import checkpoint
+from minidpo import checkpoint, faults
 from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
 from minidpo.data import DataError, batch_plan, collate_pairs, load_preference_data
 from minidpo.data.collate import collate_packed, padded_length, real_tokens
@@ -157,7 +157,7 @@ def resolve_model_sources(cfg: RunConfig, rank: int) -> None:
 def prepare_run(cfg: RunConfig) -> Run:
     """Validate, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
     validate(cfg)
-    rank, world_size = setup_distributed()
+    rank, world_size = setup_distributed(cfg.dist_timeout)
     resolve_model_sources(cfg, rank)
     ds_config = resolve_ds_config(cfg.deepspeed, cfg, world_size, on_cpu())
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -214,8 +214,16 @@ def loss_settings(cfg: RunConfig) -> dict:
 
 
 def train(cfg: RunConfig) -> dict:
+    with faults.StopRequest() as stop:  # SIGTERM / Ctrl-C: finish the step, save, exit 0
+        return _train(cfg, stop)
+
+
+def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
     run = prepare_run(cfg)
-    policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing)
+    fingerprint = faults.fingerprint(cfg, run.world_size)
+    resuming = cfg.resume and checkpoint.check_resume(cfg, fingerprint, run.log)  # before the heavy work
+    policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing,
+                                  allow_pickle=cfg.allow_pickle_weights)
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
     router = RouterLoss.attach(policy_model)  # MiniMind's MoE aux loss; None for other models
     run.collate = choose_collate(cfg, policy_model, run.log)
@@ -223,7 +231,7 @@ def train(cfg: RunConfig) -> dict:
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
 
     def make_reference():
-        model = load_causal_lm(cfg.ref_model_path, trainable=False)
+        model = load_causal_lm(cfg.ref_model_path, trainable=False, allow_pickle=cfg.allow_pickle_weights)
         return build_reference_engine(model, reference_ds_config(run.ds_config))
 
     started = time.perf_counter()  # the reference pass of --precompute_ref is part of the training time
@@ -235,12 +243,21 @@ def train(cfg: RunConfig) -> dict:
             pairs=run.trained_pairs())
     elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference at all (and no precompute_ref)
         reference = make_reference()
-    step = checkpoint.resume(policy, cfg.output_dir)["step"] if cfg.resume else 0
+    state = checkpoint.resume(policy, cfg.output_dir) if resuming else {"step": 0}
+    step, rank_state = state["step"], state.get("rank_state", {})
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
             + (f", resumed at step {step}" if step else ""))
 
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
+    tracker.load_state_dict(rank_state.get("metrics"))
+    guard = faults.NonFiniteGuard(policy, cfg.max_skipped_steps)
+    saved = checkpoint.latest_path(cfg.output_dir)
+
+    def save(step: int, export: bool) -> str:
+        return checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints,
+                               export=export, rank_state={"metrics": tracker.state_dict()},
+                               meta={"fingerprint": fingerprint})
     for micro, indices, batch in run.micro_batches(step):
         ref_chosen = ref_rejected = None  # a reference-free loss has none
         if ref_table is not None:
@@ -261,9 +278,10 @@ def train(cfg: RunConfig) -> dict:
         loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
+        loss = faults.poison_loss(loss, step + 1)  # a test hook; the identity unless MINIDPO_FAULT asks
         policy.backward(loss)
         lr = policy.get_lr()[0]
-        policy.step()  # DeepSpeed only updates the weights at the accumulation boundary
+        guard.step()  # DeepSpeed only updates the weights at the accumulation boundary, and not when non-finite
         tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
                                tokens=pair_tokens(run.dataset[i] for i in indices),
                                positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
@@ -271,26 +289,35 @@ def train(cfg: RunConfig) -> dict:
         if (micro + 1) % cfg.grad_accum:
             continue
         step += 1
-        tracker.add_optimizer_step(policy.get_global_grad_norm(), lr)
+        tracker.add_optimizer_step(policy.get_global_grad_norm(), lr, skipped=guard.after_step(step, saved))
         if step % cfg.log_interval == 0 or step == run.total_steps:
             tracker.log(step)
+        faults.inject("step", step)
         if step == run.total_steps:
             break
-        if cfg.save_interval and step % cfg.save_interval == 0:
-            checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step},
-                            keep=cfg.keep_checkpoints, export=cfg.export)
+        stopping = stop.agreed()  # collective: every rank stops at the same step
+        if stopping or (cfg.save_interval and step % cfg.save_interval == 0):
+            saved = save(step, cfg.export)
+        if stopping:
+            tracker.close()
+            run.log(f"minidpo: stopped at step {step}/{run.total_steps} ({stop.signal_name}); checkpoint {saved}")
+            run.log(faults.resume_hint(cfg.output_dir))
+            return {"steps": step, "stopped": stop.signal_name, "checkpoint": saved}
 
     seconds = time.perf_counter() - started  # the final save and export are not training time
-    checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints, export=False)
+    save(step, False)
     checkpoint.export_hf(policy, run.tokenizer, os.path.join(cfg.output_dir, "export"))
     tracker.close()
-    return write_summary(run, step, seconds, tracker.totals)
+    return write_summary(run, step, seconds, tracker.totals, skipped_steps=tracker.skipped_steps)
 
 
-def write_summary(run: Run, steps: int, seconds: float, totals: dict | None = None) -> dict:
+def write_summary(run: Run, steps: int, seconds: float, totals: dict | None = None,
+                  skipped_steps: int | None = None) -> dict:
     """summary.json: steps, training seconds, and (DPO) the run's pair, token and padding totals."""
     summary = {"steps": steps, "seconds": round(seconds, 3), "pairs": len(run.dataset),
                "world_size": run.world_size, "export": os.path.join(run.cfg.output_dir, "export")}
+    if skipped_steps is not None:  # updates skipped for a non-finite loss or gradient (minidpo.faults)
+        summary["train/skipped_steps"] = skipped_steps
     if totals:
         summary["trained"] = {k: int(v) for k, v in totals.items()}
     if run.rank == 0:
@@ -309,6 +336,15 @@ def run_cli(entry, config_cls, description: str, argv: list[str] | None = None) 
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except faults.FaultError as e:  # non-finite steps, a failed save
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except Exception as e:
+        message = faults.peer_failure_message(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        os._exit(4)  # not the process-group teardown: it could wait on the dead rank
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
