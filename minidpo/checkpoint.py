@@ -17,6 +17,8 @@ import shutil
 import torch
 import torch.distributed as dist
 
+from minidpo import lora
+
 TAG_RE = re.compile(r"^step_(\d+)$")
 
 
@@ -47,7 +49,9 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
     state_dict = None
     if engine.zero_optimization_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers the partitions on rank 0
-    if dist.get_rank() == 0:
+    if dist.get_rank() == 0 and lora.is_lora(engine):  # the adapter, and the base with it merged in
+        lora.export(engine, tokenizer, out_dir, state_dict)
+    elif dist.get_rank() == 0:
         os.makedirs(out_dir, exist_ok=True)
         engine.module.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(out_dir)

@@ -78,6 +78,16 @@ class RunConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "resumable checkpoints to keep"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     export: bool = field(default=True, metadata={"help": "write a Hugging Face export with every checkpoint"})
+    # LoRA (minidpo.lora): train a low-rank adapter; without --ref_model the reference is the adapter switched off
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale: the adapter's update is multiplied by alpha / r"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
+    lora_target_modules: str = field(
+        default="", metadata={"help": "comma-separated module names to adapt (default: every linear layer of the decoder blocks)"}
+    )
+    lora_adapter: str | None = field(
+        default=None, metadata={"help": "start from this PEFT LoRA adapter folder: the policy trains a copy, the reference is base + it"}
+    )
 
     @property
     def ref_model_path(self) -> str:
@@ -194,6 +204,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
         raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
     check_output_dir(cfg.output_dir)
+    from minidpo.lora import check_settings as check_lora_settings
+
+    check_lora_settings(cfg)
 
 
 def check_output_dir(path: str) -> None:
