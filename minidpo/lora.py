@@ -227,7 +227,7 @@ def resolve_base(adapter_dir: str, role: str) -> str:
                           "(edit base_model_name_or_path in adapter_config.json to a local folder)") from e
 
 
-def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str = CACHE_DIR) -> str:
+def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str | None = None) -> str:
     """A cached HF folder with the adapter merged onto its base (made once; keyed on the adapter's and
     the base's files)."""
     base = resolve_base(adapter_dir, role)
@@ -237,7 +237,7 @@ def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str = CACH
         for name in sorted(os.listdir(folder)):
             st = os.stat(os.path.join(folder, name))
             h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    out = os.path.join(cache_dir, f"{os.path.basename(os.path.normpath(adapter_dir))}-{h.hexdigest()[:16]}")
+    out = os.path.join(cache_dir or CACHE_DIR, f"{os.path.basename(os.path.normpath(adapter_dir))}-{h.hexdigest()[:16]}")
     if os.path.isfile(os.path.join(out, "config.json")):
         return out
     from transformers import AutoTokenizer
