@@ -175,8 +175,9 @@ def merge_adapter(adapter_dir: str, base_dir: str, out_dir: str, *, dtype=torch.
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
-    merged = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False).merge_and_unload()
+    with torch.random.fork_rng(devices=[]):  # PEFT initialises the layers it then loads: keep the run's RNG
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+        merged = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False).merge_and_unload()
     merged.to(dtype).save_pretrained(out_dir, safe_serialization=True)
 
 
