@@ -1,5 +1,6 @@
 """minidpo in the bench: the real `minidpo.train.train` on a single-process DeepSpeed engine, with the
-reference log-probs precomputed (their pass is part of the measured time and never read from a cache)."""
+reference log-probs precomputed (their pass is part of the measured time and never read from a cache).
+With LoRA (minidpo-lora) that pass is the policy engine with its adapter off: no reference engine."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from minidpo.bench.settings import Settings
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0) -> dict:
+def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0,
+        lora_r: int = 0) -> dict:
     import minidpo.reference
     from minidpo.config import RunConfig
     from minidpo.train import train
@@ -27,7 +29,7 @@ def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0,
         weight_decay=0.0, batch_size=s.batch_size, max_grad_norm=s.max_grad_norm, dtype=s.dtype,
         precompute_ref=True, shared_prompt=True, max_length=s.max_length, max_prompt_length=s.max_prompt_length,
         seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
-        activation_checkpointing=activation_checkpointing)
+        activation_checkpointing=activation_checkpointing, lora_r=lora_r, lora_alpha=2.0 * lora_r)
     summary = train(cfg)
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")  # minidpo-ac: minidpo with activation checkpointing
+TRAINERS += ("minidpo-lora",)  # minidpo with a LoRA adapter (LORA_R); the reference is the adapter switched off
+LORA_R = 16
 
 
 @dataclass

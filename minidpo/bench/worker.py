@@ -44,7 +44,10 @@ def main(argv=None) -> None:
 
         from minidpo.bench import run_minidpo
 
-        run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"))
+        from minidpo.bench.settings import LORA_R
+
+        run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"),
+                                lora_r=LORA_R if a.trainer == "minidpo-lora" else 0)
     elif a.trainer == "trl":
         from minidpo.bench.run_trl import run
     else:
