@@ -208,3 +208,18 @@ def test_bad_lora_settings_are_one_line_errors(tmp_path, tiny_model_dir):
                                       log=lambda *a: None))
     assert message.startswith(f"--lora_adapter {tmp_path / 'other_adapter'}: an adapter for base model")
     assert "--lora_adapter" in error(lambda: lora.check_settings(RunConfig(lora_adapter=str(tmp_path))))
+
+
+def test_lora_zero_stages_and_activation_checkpointing_agree(tmp_path, tiny_model_dir, pairs_file):
+    """bf16 mixed precision: ZeRO-0, 1 and 2 give the same LoRA curve; recomputing activations changes
+    no number (fp32). ZeRO-3 is covered by the two-rank test and the export test."""
+    bf16 = {**LORA, "dtype": "bf16", "max_steps": 3}
+    curves = {stage: losses(run(tmp_path, f"z{stage}", tiny_model_dir, pairs_file,
+                                deepspeed=f"{ROOT}/ds_configs/zero{stage}.json", **bf16)) for stage in (0, 1, 2)}
+    assert curves[2][0] == pytest.approx(math.log(2), abs=1e-6)
+    for stage in (0, 1):
+        assert curves[stage] == pytest.approx(curves[2], abs=2e-3), f"ZeRO-{stage} differs from ZeRO-2"
+    plain = run(tmp_path, "plain", tiny_model_dir, pairs_file, max_steps=3, **LORA)
+    recomputed = run(tmp_path, "ckpt", tiny_model_dir, pairs_file, max_steps=3, activation_checkpointing=1, **LORA)
+    for key in ("loss", "rewards/chosen", "grad_norm"):
+        assert [r[key] for r in recomputed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
