@@ -22,7 +22,7 @@ import shutil
 import torch
 import torch.distributed as dist
 
-from minidpo import faults
+from minidpo import faults, lora
 
 TAG_RE = re.compile(r"^step_(\d+)$")
 
@@ -58,8 +58,11 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
         partial = out_dir.rstrip("/") + faults.PARTIAL  # renamed once complete: a killed export leaves the old one
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
-        engine.module.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
-        tokenizer.save_pretrained(partial)
+        if lora.is_lora(engine):  # the adapter, and the base with it merged in
+            lora.export(engine, tokenizer, partial, state_dict)
+        else:
+            engine.module.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(partial)
         faults.commit_folder(partial, out_dir)
     dist.barrier()
 

@@ -113,6 +113,16 @@ class RunConfig:
                                       "on purpose (e.g. epochs,max_steps; 'all'); others must match the checkpoint"})
     allow_pickle_weights: bool = field(default=False, metadata={"help": "accept a model folder whose weights are only a "
                                        "pickle pytorch_model.bin (read with weights_only=True)"})
+    # LoRA (minidpo.lora): train a low-rank adapter; without --ref_model the reference is the adapter switched off
+    lora_r: int = field(default=0, metadata={"help": "LoRA rank (0: full fine-tuning)"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scale: the adapter's update is multiplied by alpha / r"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the adapter's input"})
+    lora_target_modules: str = field(
+        default="", metadata={"help": "comma-separated module names to adapt (default: every linear layer of the decoder blocks)"}
+    )
+    lora_adapter: str | None = field(
+        default=None, metadata={"help": "start from this PEFT LoRA adapter folder: the policy trains a copy, the reference is base + it"}
+    )
 
     @property
     def ref_model_path(self) -> str:
@@ -249,6 +259,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.max_skipped_steps < 0 or cfg.dist_timeout <= 0:
         raise ConfigError("--max_skipped_steps must be >= 0 and --dist_timeout > 0 (seconds)")
     check_output_dir(cfg.output_dir)
+    from minidpo.lora import check_settings as check_lora_settings
+
+    check_lora_settings(cfg)
 
 
 def check_token_budget(value) -> None:

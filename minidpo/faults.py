@@ -198,7 +198,8 @@ FINGERPRINT_SETTINGS = ("batch_size", "grad_accum", "loss_type", "beta", "label_
                         "logps_reduction", "max_length", "max_prompt_length", "seed", "dtype", "epochs",
                         "max_steps", "learning_rate", "warmup_steps", "min_lr_ratio", "weight_decay",
                         "group_by_length", "shared_prompt", "loss_weights", "simpo_gamma", "discopop_tau",
-                        "max_tokens_per_batch", "chat_template", "data_format")
+                        "max_tokens_per_batch", "chat_template", "data_format", "lora_r", "lora_alpha",
+                        "lora_dropout", "lora_target_modules", "lora_adapter")
 FINGERPRINT_KEYS = ("data", "model", "ref_model", "world_size", *FINGERPRINT_SETTINGS)
 
 

@@ -87,18 +87,21 @@ class _HeadLogprobs(torch.autograd.Function):
         h = hidden.reshape(N * T, H)[used]
         per_row = torch.zeros(len(used), device=g.device).index_add_(0, inverse, g)
         grad_h = torch.empty(h.shape, dtype=torch.float32, device=h.device)
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        need_w = ctx.needs_input_grad[1]  # a frozen head (LoRA) needs no weight gradient
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
         step = max(1, CHUNK_ELEMENTS // weight.shape[0])
         for s in range(0, len(h), step):  # the logsumexp's share: -softmax * (summed upstream gradient)
             part = ((h[s:s + step] @ weight.T).float() - lse[s:s + step, None]).exp_().mul_(-per_row[s:s + step, None])
             part = part.to(weight.dtype)
             grad_h[s:s + step] = part @ weight
-            grad_w += part.T @ h[s:s + step]
+            if need_w:
+                grad_w += part.T @ h[s:s + step]
         grad_h.index_add_(0, inverse, g[:, None] * weight[flat_targets].float())  # the picked logit's share
-        grad_w.index_add_(0, flat_targets, g[:, None] * h[inverse].float())
+        if need_w:
+            grad_w.index_add_(0, flat_targets, g[:, None] * h[inverse].float())
         grad_hidden = torch.zeros_like(hidden).reshape(N * T, H)
         grad_hidden[used] = grad_h.to(hidden.dtype)
-        return grad_hidden.reshape(N, T, H), grad_w.to(weight.dtype), None, None
+        return grad_hidden.reshape(N, T, H), grad_w.to(weight.dtype) if need_w else None, None, None
 
 
 def picked_logprobs(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -167,11 +170,18 @@ def concatenated_logps(model, batch: dict, reduction: str):
 PACKED_ATTENTION = ("sdpa", "eager")
 
 
+def _inner_model(model):
+    """The transformers model behind DeepSpeed's engine (`.module`) and PEFT's wrapper (LoRA)."""
+    module = getattr(model, "module", model)
+    get_base_model = getattr(type(module), "get_base_model", None)
+    return get_base_model(module) if get_base_model else module
+
+
 def packed_forward_unsupported(model) -> str | None:
     """Why `model` cannot take the packed forward (None when it can). It needs a custom 4D attention
     mask (sdpa / eager attention) and must not need the 2D padding mask (transformers' own MoE router
     losses do; MiniMind's, computed by minidpo.moe from per-token routing, does not)."""
-    config = getattr(model, "module", model).config
+    config = _inner_model(model).config
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in PACKED_ATTENTION:
         return f"attention implementation {impl!r} takes no custom 4D mask (needs {' or '.join(PACKED_ATTENTION)})"
@@ -200,14 +210,14 @@ def _forward_parameters(module_type: type) -> frozenset:
 
 def _forward_kwargs(model) -> frozenset:
     """The keyword arguments the (DeepSpeed-wrapped) model's forward takes; looked up once per class."""
-    return _forward_parameters(type(getattr(model, "module", model)))
+    return _forward_parameters(type(_inner_model(model)))
 
 
 def _fused_head(model):
     """(decoder, LM-head weight) when the LM head can be fused into the log-probs: a decoder to take the
     final hidden states from, `logits_to_keep` to skip the model's own head, and a weight that is not
     partitioned by ZeRO-3 (it is only gathered inside the head's own forward). Else None."""
-    module = getattr(model, "module", model)
+    module = _inner_model(model)
     if getattr(module, "_minidpo_fused_head", True) is False or "logits_to_keep" not in _forward_kwargs(model):
         return None
     get_decoder = getattr(module, "get_decoder", None)
@@ -235,7 +245,7 @@ def _logprobs_from_final_hidden(model, kwargs: dict, source: torch.Tensor, targe
         out = model(**kwargs, logits_to_keep=1)  # the model's own head on one position only
     finally:
         handle.remove()
-    hidden, module = captured.get("hidden"), getattr(model, "module", model)
+    hidden, module = captured.get("hidden"), _inner_model(model)
     if not hasattr(module, "_minidpo_fused_head"):
         with torch.no_grad():
             ok = hidden is not None and hidden.shape[:2] == targets.shape and torch.allclose(

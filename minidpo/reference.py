@@ -24,11 +24,12 @@ from minidpo.metrics import progress
 CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
 
 
-def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str) -> str:
+def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str, adapter: str | None = None) -> str:
     h = hashlib.sha256(f"v1|{dtype}|{reduction}".encode())
-    for name in sorted(os.listdir(ref_path)):
-        st = os.stat(os.path.join(ref_path, name))
-        h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for folder in (ref_path, adapter) if adapter else (ref_path,):  # adapter: LoRA's frozen reference adapter
+        for name in sorted(os.listdir(folder)):
+            st = os.stat(os.path.join(folder, name))
+            h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     for pair in dataset:
         for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
             h.update(len(ids).to_bytes(4, "little"))
@@ -70,7 +71,9 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
     the cache has them, the missing ones computed with `make_reference()` (an engine built only then,
     and released on return) and added to the cache by rank 0. The cache is one (N, 2) table per key,
     NaN on rows never scored, so a longer run later scores only the pairs it adds."""
-    key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction)
+    from minidpo.lora import reference_adapter
+
+    key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction, reference_adapter(cfg))
     path = os.path.join(CACHE_DIR, f"{key}.pt")
     found = torch.tensor([int(os.path.isfile(path))])
     if world_size > 1:  # load only if every rank sees the file (nodes may not share a disk)

@@ -6,6 +6,7 @@ not one is converted once into a cached folder, keyed on the file's content, so 
     folder                      a Hugging Face causal-LM folder: returned as it is
     file.gguf                   llama.cpp GGUF (minidpo.gguf)
     file.pth                    a MiniMind weights or resume file, with `tokenizer=` (minidpo.minimind)
+    adapter folder              a PEFT LoRA adapter: merged onto its base (minidpo.lora)
 
 `hf_folder` is the one entry point; a new kind of source adds a branch here and nowhere else.
 """
@@ -35,6 +36,10 @@ def hf_folder(path: str, *, tokenizer: str | None = None, role: str = "--model")
             return ensure_hf_folder(path)
         except GGUFError as e:
             raise SourceError(f"{role} {e}") from e
+    if os.path.isfile(os.path.join(path, "adapter_config.json")):
+        from minidpo.lora import merged_folder
+
+        return merged_folder(path, role=role)
     if is_minimind_path(path):
         from minidpo.minimind import MiniMindError, ensure_hf_folder as minimind_folder
 

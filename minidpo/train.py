@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from minidpo import checkpoint, faults
+from minidpo import checkpoint, faults, lora
 from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
 from minidpo.data import DataError, batch_plan, collate_pairs, load_preference_data
 from minidpo.data.collate import collate_packed, padded_length, real_tokens
@@ -224,6 +224,8 @@ def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
     resuming = cfg.resume and checkpoint.check_resume(cfg, fingerprint, run.log)  # before the heavy work
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing,
                                   allow_pickle=cfg.allow_pickle_weights)
+    if lora.enabled(cfg):
+        policy_model = lora.wrap(policy_model, cfg, run.log)
     aux_coef = enable_moe_aux_loss(policy_model, cfg.aux_loss_coef)
     router = RouterLoss.attach(policy_model)  # MiniMind's MoE aux loss; None for other models
     run.collate = choose_collate(cfg, policy_model, run.log)
@@ -231,6 +233,8 @@ def _train(cfg: RunConfig, stop: faults.StopRequest) -> dict:
         policy_model, run.ds_config, warmup_cosine(run.total_steps, cfg.warmup_steps, cfg.min_lr_ratio))
 
     def make_reference():
+        if lora.reference_is_policy(cfg):  # no second copy of the weights: the policy with its adapter off
+            return lora.AdapterOffReference(policy)
         model = load_causal_lm(cfg.ref_model_path, trainable=False, allow_pickle=cfg.allow_pickle_weights)
         return build_reference_engine(model, reference_ds_config(run.ds_config))
 

@@ -1,5 +1,6 @@
 """minidpo in the bench: the real `minidpo.train.train` on a single-process DeepSpeed engine, with the
-reference log-probs precomputed (their pass is part of the measured time and never read from a cache)."""
+reference log-probs precomputed (their pass is part of the measured time and never read from a cache).
+With LoRA (minidpo-lora) that pass is the policy engine with its adapter off: no reference engine."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0,
-        loss: dict | None = None) -> dict:
-    """`loss`: loss settings that replace the workload's sigmoid (e.g. settings.SIMPO with loss_type simpo)."""
+        loss: dict | None = None, lora_r: int = 0) -> dict:
+    """`loss`: loss settings that replace the workload's sigmoid (e.g. settings.SIMPO with loss_type simpo);
+    `lora_r` > 0: a LoRA adapter of that rank (alpha 2 r), the reference its adapter switched off."""
     import minidpo.reference
     from minidpo.config import RunConfig
     from minidpo.train import train
@@ -31,7 +33,7 @@ def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0,
         weight_decay=0.0, batch_size=s.batch_size, max_grad_norm=s.max_grad_norm, dtype=s.dtype,
         precompute_ref=True, shared_prompt=True, max_length=s.max_length, max_prompt_length=s.max_prompt_length,
         seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
-        activation_checkpointing=activation_checkpointing)
+        activation_checkpointing=activation_checkpointing, lora_r=lora_r, lora_alpha=2.0 * lora_r)
     if loss:
         cfg = dataclasses.replace(cfg, **loss, precompute_ref=needs_reference(loss["loss_type"]))
     summary = train(cfg)

@@ -10,6 +10,8 @@ TRAINERS = ("minidpo", "minidpo-ac", "trl", "naive")  # minidpo-ac: minidpo with
 # paper's starting point; a different objective, so outside the numerics check and the DPO targets
 TRAINERS += ("minidpo-simpo",)
 SIMPO = {"beta": 2.0, "simpo_gamma": 0.5}
+TRAINERS += ("minidpo-lora",)  # minidpo with a LoRA adapter (LORA_R); the reference is the adapter switched off
+LORA_R = 16
 
 
 @dataclass

@@ -44,11 +44,11 @@ def main(argv=None) -> None:
 
         from minidpo.bench import run_minidpo
 
-        run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"))
-        if a.trainer == "minidpo-simpo":
-            from minidpo.bench.settings import SIMPO
+        from minidpo.bench.settings import LORA_R, SIMPO
 
-            run = functools.partial(run_minidpo.run, loss={"loss_type": "simpo", **SIMPO})
+        run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"),
+                                lora_r=LORA_R if a.trainer == "minidpo-lora" else 0,
+                                loss={"loss_type": "simpo", **SIMPO} if a.trainer == "minidpo-simpo" else None)
     elif a.trainer == "trl":
         from minidpo.bench.run_trl import run
     else:

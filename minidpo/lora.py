@@ -1,0 +1,254 @@
+"""LoRA DPO on the `peft` library: the policy trains a low-rank adapter on frozen base weights.
+
+With no --ref_model the reference costs nothing: it is the policy engine's own forward with the trained
+adapter switched off (no second copy of the weights, no reference engine). Starting from an existing
+adapter (--lora_adapter), the policy trains a copy of it ("default") and the reference is base + that
+adapter, loaded a second time and frozen ("reference").
+
+Exports: `<export>/adapter/` (PEFT layout: adapter_config.json + adapter_model.safetensors) and
+`<export>/` itself, the adapter merged into the base weights, which plain transformers loads.
+An adapter folder given as a model source is merged onto its base once into a cached folder.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import os
+
+import torch
+
+from minidpo.config import ConfigError
+
+POLICY = "default"      # the trained adapter (PEFT's default name)
+REFERENCE = "reference"  # --lora_adapter's frozen copy: part of the reference
+ADAPTER_DIR = "adapter"  # inside every export folder
+CACHE_DIR = os.path.join(".cache", "minidpo", "lora")
+
+
+def enabled(cfg) -> bool:
+    return cfg.lora_r > 0 or bool(cfg.lora_adapter)
+
+
+def check_settings(cfg) -> None:
+    """Checks that need no model (run by config.validate)."""
+    if cfg.lora_r < 0:
+        raise ConfigError(f"--lora_r {cfg.lora_r}: expected 0 (LoRA off) or a rank >= 1")
+    if not enabled(cfg):
+        return
+    if cfg.lora_alpha <= 0:
+        raise ConfigError(f"--lora_alpha {cfg.lora_alpha}: must be > 0 (the adapter is scaled by alpha / r)")
+    if not 0 <= cfg.lora_dropout < 1:
+        raise ConfigError(f"--lora_dropout {cfg.lora_dropout}: must be in [0, 1)")
+    if cfg.lora_adapter:
+        read_adapter_config(cfg.lora_adapter, "--lora_adapter")
+
+
+def read_adapter_config(path: str, setting: str) -> dict:
+    file = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(file):
+        raise ConfigError(f"{setting} {path}: no adapter_config.json, not a PEFT adapter folder")
+    with open(file) as f:
+        config = json.load(f)
+    if str(config.get("peft_type", "")).upper() != "LORA":
+        raise ConfigError(f"{setting} {path}: a {config.get('peft_type')} adapter; only LoRA adapters are supported")
+    return config
+
+
+def is_lora(module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(getattr(module, "module", module), PeftModel)
+
+
+def decoder_linear_names(model) -> list[str]:
+    """Leaf names of every nn.Linear inside the decoder blocks (q_proj, ..., down_proj for Llama)."""
+    decoder = model.get_decoder()
+    layers = getattr(decoder, "layers", None) or getattr(decoder, "h", None) or decoder
+    return sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules() if isinstance(m, torch.nn.Linear)})
+
+
+def target_modules(model, wanted) -> list[str]:
+    """--lora_target_modules as a list (comma-separated text or a YAML list); default: decoder linears.
+    A name must be the last component (or a dotted suffix) of some module's name."""
+    names = [n.strip() for n in (wanted.split(",") if isinstance(wanted, str) else wanted or []) if n.strip()]
+    if not names:
+        return decoder_linear_names(model)
+    modules = [name for name, _ in model.named_modules() if name]
+    for n in names:
+        if not any(m == n or m.endswith("." + n) for m in modules):
+            leaves = sorted({m.rsplit(".", 1)[-1] for m in modules})
+            raise ConfigError(f"--lora_target_modules: {n!r} matches no module of the model; its module names are "
+                              f"{', '.join(leaves)}")
+    return names
+
+
+def wrap(model, cfg, log=print):
+    """The policy as a PEFT model: a fresh adapter (--lora_r, --lora_alpha, --lora_dropout,
+    --lora_target_modules) or a trainable copy of --lora_adapter plus its frozen twin for the reference.
+    The adapter is created in the base's dtype (float32 here; DeepSpeed then casts everything to the
+    engine's dtype, so ZeRO-3 never sees mixed bf16/fp32 parameters)."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if cfg.lora_adapter:
+        adapter = read_adapter_config(cfg.lora_adapter, "--lora_adapter")
+        check_same_base(adapter.get("base_model_name_or_path"), cfg.model, f"--lora_adapter {cfg.lora_adapter}")
+        if cfg.lora_r and cfg.lora_r != adapter.get("r"):
+            raise ConfigError(f"--lora_r {cfg.lora_r} contradicts --lora_adapter {cfg.lora_adapter} (r={adapter.get('r')}); "
+                              "leave --lora_r at 0 to continue the adapter")
+        try:
+            peft = PeftModel.from_pretrained(model, cfg.lora_adapter, adapter_name=POLICY, is_trainable=True,
+                                             autocast_adapter_dtype=False)
+            if not cfg.ref_model:
+                peft.load_adapter(cfg.lora_adapter, adapter_name=REFERENCE, is_trainable=False,
+                                  autocast_adapter_dtype=False)
+                peft.set_adapter(POLICY)
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or module names of another model
+            raise ConfigError(f"--lora_adapter {cfg.lora_adapter}: does not fit --model {cfg.model}: "
+                              f"{str(e).strip().splitlines()[0]}") from e
+    else:
+        config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
+                            target_modules=target_modules(model, cfg.lora_target_modules), task_type="CAUSAL_LM")
+        peft = get_peft_model(model, config, autocast_adapter_dtype=False)
+    peft.peft_config[POLICY].base_model_name_or_path = os.path.abspath(cfg.model)  # merged exports find it
+    trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in peft.parameters())
+    log(f"minidpo: LoRA r={peft.peft_config[POLICY].r} on {', '.join(sorted(peft.peft_config[POLICY].target_modules))}: "
+        f"{trainable:,} trainable of {total:,} parameters")
+    return peft
+
+
+def reference_is_policy(cfg) -> bool:
+    """LoRA without an explicit --ref_model: the reference is the policy engine with its adapter off."""
+    return enabled(cfg) and not cfg.ref_model
+
+
+def reference_adapter(cfg) -> str | None:
+    """The adapter that is part of the reference (for the reference cache key)."""
+    return cfg.lora_adapter if reference_is_policy(cfg) else None
+
+
+class AdapterOffReference:
+    """Callable like an engine: the policy engine's forward with the trained adapter switched off
+    (the base alone, or base + the frozen --lora_adapter), in eval mode (no dropout). Callers run it
+    under torch.no_grad(); `.module` lets logprobs find the model behind it."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.module = engine.module
+
+    def __call__(self, **kwargs):
+        peft, was_training = self.module, self.module.training
+        peft.eval()
+        try:
+            if REFERENCE in peft.peft_config:
+                peft.set_adapter(REFERENCE, inference_mode=True)
+                try:
+                    return self.engine(**kwargs)
+                finally:
+                    peft.set_adapter(POLICY)  # trainable again: the optimizer holds these parameters
+            with peft.disable_adapter():
+                return self.engine(**kwargs)
+        finally:
+            peft.train(was_training)
+
+
+def engine_dtype(engine) -> torch.dtype:
+    return next(p for p in engine.module.parameters()).dtype
+
+
+def export(engine, tokenizer, out_dir: str, state_dict=None) -> None:
+    """Rank 0: the trained adapter in PEFT layout under out_dir/adapter, and out_dir itself as the
+    merged full model (base + adapter) in the engine's dtype. state_dict: ZeRO-3's gathered weights."""
+    adapter_dir = os.path.join(out_dir, ADAPTER_DIR)
+    engine.module.save_pretrained(adapter_dir, state_dict=state_dict, selected_adapters=[POLICY],
+                                  save_embedding_layers=False, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir)
+    base = engine.module.peft_config[POLICY].base_model_name_or_path
+    merge_adapter(adapter_dir, base, out_dir, dtype=engine_dtype(engine))
+    tokenizer.save_pretrained(out_dir)
+
+
+def merge_adapter(adapter_dir: str, base_dir: str, out_dir: str, *, dtype=torch.float32) -> None:
+    """Load the base, apply the adapter with PEFT, merge it into the weights and save a plain HF folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):  # PEFT initialises the layers it then loads: keep the run's RNG
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
+        merged = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False).merge_and_unload()
+    merged.to(dtype).save_pretrained(out_dir, safe_serialization=True)
+
+
+# --- the base model an adapter was trained on ---------------------------------------------------
+
+_METADATA = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache")
+
+
+def _same_model_folder(a: str, b: str) -> bool:
+    """The same folder, or a copy: equal configs (metadata aside) and byte-equal weight files."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        configs = [json.load(open(os.path.join(p, "config.json"))) for p in (a, b)]
+    except OSError:
+        return False
+    a_config, b_config = ({k: v for k, v in c.items() if k not in _METADATA} for c in configs)
+    if a_config != b_config:
+        return False
+    weights = sorted(f for f in os.listdir(a) if f.endswith((".safetensors", ".bin")))
+    return weights == sorted(f for f in os.listdir(b) if f.endswith((".safetensors", ".bin"))) and all(
+        filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in weights)
+
+
+def check_same_base(recorded: str | None, model: str, where: str) -> None:
+    """An adapter trained on another base is an error. A base recorded as a local folder must be
+    --model (or a copy); a hub id that is not on this machine is checked by the shapes when loading."""
+    if recorded and os.path.isdir(recorded) and not _same_model_folder(recorded, model):
+        raise ConfigError(f"{where}: an adapter for base model {recorded}, not for --model {model}")
+
+
+def resolve_base(adapter_dir: str, role: str) -> str:
+    """The adapter's base model as a local HF folder (offline: a folder, a model source minidpo converts,
+    or a hub id already in the local Hugging Face cache)."""
+    from minidpo.sources import hf_folder
+
+    base = read_adapter_config(adapter_dir, role).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{role} {adapter_dir}: adapter_config.json names no base_model_name_or_path")
+    if os.path.exists(base):
+        return hf_folder(base, role=f"{role} (base of {adapter_dir})")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(base, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - not in the local cache: one line, what to do
+        raise ConfigError(f"{role} {adapter_dir}: its base model {base!r} is not on this machine "
+                          "(edit base_model_name_or_path in adapter_config.json to a local folder)") from e
+
+
+def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str | None = None) -> str:
+    """A cached HF folder with the adapter merged onto its base (made once; keyed on the adapter's and
+    the base's files)."""
+    base = resolve_base(adapter_dir, role)
+    h = hashlib.sha256(b"v1")
+    for folder in (adapter_dir, base):
+        h.update(os.path.abspath(folder).encode())
+        for name in sorted(os.listdir(folder)):
+            st = os.stat(os.path.join(folder, name))
+            h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    out = os.path.join(cache_dir or CACHE_DIR, f"{os.path.basename(os.path.normpath(adapter_dir))}-{h.hexdigest()[:16]}")
+    if os.path.isfile(os.path.join(out, "config.json")):
+        return out
+    from transformers import AutoTokenizer
+
+    tmp = f"{out}.tmp-{os.getpid()}"
+    try:
+        merge_adapter(adapter_dir, base, tmp)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"{role} {adapter_dir}: does not fit its base {base}: {str(e).strip().splitlines()[0]}") from e
+    has_tokenizer = os.path.isfile(os.path.join(adapter_dir, "tokenizer_config.json"))
+    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base, local_files_only=True).save_pretrained(tmp)
+    os.replace(tmp, out)
+    return out
