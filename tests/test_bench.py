@@ -82,7 +82,9 @@ def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
         assert len(losses) == 2 and losses[0] == pytest.approx(math.log(2), abs=1e-5)
         if name != "minidpo-lora":  # LoRA updates other parameters: only its start is the same
             assert losses[1] == pytest.approx(report["check"]["losses"]["minidpo"][1], abs=1e-4)
-    assert report["check"]["losses"]["minidpo-lora"][1] < math.log(2)  # the adapter learns
+    # the adapter's first update moved the model (LoRA's B starts at zero, so until then every loss is ln 2);
+    # the second step's loss is on another batch, so it may lie on either side of ln 2
+    assert abs(report["check"]["losses"]["minidpo-lora"][1] - math.log(2)) > 1e-4
     r = report["results"]
     assert set(r) == {"minidpo", "minidpo-simpo", "minidpo-lora", "trl", "naive"}
     assert set(report["check"]["losses"]) == {"minidpo", "minidpo-lora", "trl", "naive"}  # SimPO is another objective
