@@ -24,7 +24,6 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -124,21 +123,9 @@ def ensure_hf_folder(path: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
     if os.path.isfile(os.path.join(folder, MARKER)):
         return folder
     _require_packages(path)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        convert(path, tmp)
-        if not os.path.isfile(os.path.join(folder, MARKER)):  # not finished by another process meanwhile
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same conversion first
-            if not os.path.isfile(os.path.join(folder, MARKER)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+    from minidpo.sources import cached_build
+
+    return cached_build(folder, lambda tmp: convert(path, tmp), marker=MARKER)
 
 
 def load_gguf(path: str):

@@ -243,12 +243,15 @@ def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str | None
         return out
     from transformers import AutoTokenizer
 
-    tmp = f"{out}.tmp-{os.getpid()}"
-    try:
-        merge_adapter(adapter_dir, base, tmp)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise ConfigError(f"{role} {adapter_dir}: does not fit its base {base}: {str(e).strip().splitlines()[0]}") from e
-    has_tokenizer = os.path.isfile(os.path.join(adapter_dir, "tokenizer_config.json"))
-    AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base, local_files_only=True).save_pretrained(tmp)
-    os.replace(tmp, out)
-    return out
+    from minidpo.sources import cached_build
+
+    def write(tmp: str) -> None:
+        try:
+            merge_adapter(adapter_dir, base, tmp)
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ConfigError(f"{role} {adapter_dir}: does not fit its base {base}: "
+                              f"{str(e).strip().splitlines()[0]}") from e
+        has_tokenizer = os.path.isfile(os.path.join(adapter_dir, "tokenizer_config.json"))
+        AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base, local_files_only=True).save_pretrained(tmp)
+
+    return cached_build(out, write, marker="config.json")

@@ -33,7 +33,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 from dataclasses import asdict, dataclass
 
@@ -318,10 +317,8 @@ def ensure_hf_folder(path: str, tokenizer: str | None, cache_dir: str = DEFAULT_
     tok = _load_tokenizer(tokenizer, path, spec)
     log(f"minidpo.minimind: {path}: {spec.describe()} -> {spec.architecture} in {folder} (once; cached)")
     model = build_hf_model(sd, spec, tok)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: str) -> None:
         import torch
 
         model.generation_config.eos_token_id = tok.eos_token_id
@@ -330,16 +327,10 @@ def ensure_hf_folder(path: str, tokenizer: str | None, cache_dir: str = DEFAULT_
         with open(os.path.join(tmp, MARKER), "w") as f:
             json.dump({"source": os.path.realpath(path), "tokenizer": os.path.realpath(tokenizer),
                        "architecture": spec.architecture, **asdict(spec)}, f, indent=2)
-        if not os.path.isfile(os.path.join(folder, MARKER)):
-            shutil.rmtree(folder, ignore_errors=True)
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same conversion first
-            if not os.path.isfile(os.path.join(folder, MARKER)):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+
+    from minidpo.sources import cached_build
+
+    return cached_build(folder, write, marker=MARKER)
 
 
 # ----------------------------------------------------------------------------------------- exporting

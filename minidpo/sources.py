@@ -14,6 +14,8 @@ not one is converted once into a cached folder, keyed on the file's content, so 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 
 from minidpo.config import ConfigError
 
@@ -59,3 +61,26 @@ def _is_gguf(path: str) -> bool:
     from minidpo.gguf import is_gguf_file
 
     return is_gguf_file(path)
+
+
+def cached_build(folder: str, build: Callable[[str], None], *, marker: str) -> str:
+    """`folder`, made once by `build(tmp)`: written into a temporary sibling and renamed, so a killed
+    conversion never leaves a half folder that looks done, and of two processes racing one wins.
+    `marker` is the file inside that says the folder is complete."""
+    if os.path.isfile(os.path.join(folder, marker)):
+        return folder
+    os.makedirs(os.path.dirname(os.path.abspath(folder)), exist_ok=True)
+    tmp = f"{folder}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build(tmp)
+        if not os.path.isfile(os.path.join(folder, marker)):  # not finished by another process meanwhile
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same build first
+            if not os.path.isfile(os.path.join(folder, marker)):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

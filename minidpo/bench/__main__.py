@@ -19,7 +19,6 @@ import json
 import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 from dataclasses import asdict

@@ -34,7 +34,7 @@ from minidpo.config import ConfigError
 from minidpo.engine import launch_env
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import make_judge, score_all
-from minidpo.iterate.pairs import PairCounts, ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
+from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
 from minidpo.iterate.sampling import sample_answers
 from minidpo.iterate.summary import eval_figures, write_summary
 
