@@ -107,7 +107,10 @@ def markdown(report: dict) -> str:
 
 
 def plot(points: list[dict], out: str) -> list[str]:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError as e:  # the `bench` extra brings it (make bench installs it)
+        raise SystemExit("bench --sweep: the plots need matplotlib: pip install -e '.[bench]' (or make bench)") from e
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
