@@ -9,7 +9,8 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
 - `collate_packed(pairs, pad_token_id)` returns B rows [prompt, chosen, rejected] for the shared-prompt
   forward: `input_ids`, `position_ids`, `segment_ids`, `source` (see its docstring).
 
-    formats.py   file / record -> PreferencePair (several formats, errors name file:line and field)
+    files.py     file / folder -> raw records (JSON, JSONL, Parquet, Arrow), each named file:line
+    formats.py   record -> PreferencePair (several formats, errors name file:line and field)
     tokenize.py  chat template, response-only ids, truncation, stats, on-disk cache
     collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
     sampler.py   batch_plan: deterministic, length-grouped, equal batches per rank

@@ -1,8 +1,7 @@
 """Preference files -> `PreferencePair`s.
 
-Reads JSON (an array, or an object holding one array) and JSONL (one object per line), from a file or a
-folder of such files, and turns each record into a `PreferencePair`: the prompt as chat messages plus
-the chosen and rejected answers as plain strings. Every record keeps a `source` ("file.jsonl:17") so
+Turns each record that minidpo.data.files reads (JSON, JSONL, Parquet, Arrow) into a `PreferencePair`:
+the prompt as chat messages plus the chosen and rejected answers as plain strings. Every record keeps a `source` ("file.jsonl:17") so
 that any error can name the file, the line and the field.
 
 Formats (`data_format=`; "auto" detects it from the first record of each file):
@@ -32,11 +31,12 @@ Keys other than these are ignored (ids, scores, ...).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+
+from minidpo.data.files import DataError, RawRecord, type_name, data_files, read_records
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -44,22 +44,7 @@ FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedba
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
                   "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
                   "ultrafeedback_binarized": "ultrafeedback"}
-TEXT_SUFFIXES = (".json", ".jsonl")
-SHARD_SUFFIXES = (".parquet", ".arrow")
-DATA_SUFFIXES = TEXT_SUFFIXES + SHARD_SUFFIXES
-DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")  # written by save_to_disk
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
-
-
-class DataError(ValueError):
-    """A problem with the preference data. The message names the file, the line (or record) and the field.
-
-    `reason` is a short category ("malformed JSON", "missing field", ...) used to count skipped records.
-    """
-
-    def __init__(self, message: str, reason: str = "bad record"):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -74,167 +59,6 @@ class PreferencePair:
     rejected: str
     source: str = ""
     raw: tuple[str, str, str] | None = None
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    source: str  # "file.jsonl:17"
-    value: object  # the parsed JSON value, or a DataError when the line was not valid JSON
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading files
-
-
-def data_files(path: str | os.PathLike) -> list[str]:
-    """The data files at `path`: the file itself, or a folder's .json / .jsonl files in name order, or
-    its Parquet / Arrow shards when it has any (beside them, `datasets`' own .json files are metadata)."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
-        shards = [f for f in names if f.endswith(SHARD_SUFFIXES)]
-        texts = [f for f in names if f.endswith(TEXT_SUFFIXES) and f not in DATASETS_METADATA]
-        files = [os.path.join(path, f) for f in (shards or texts)]
-        if not files:
-            splits = [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))]
-            hint = (f" (a saved DatasetDict? pass one split's folder: {', '.join(splits)})"
-                    if "dataset_dict.json" in names and splits else "")
-            raise DataError(f"{path}: the folder holds no .json, .jsonl, .parquet or .arrow files{hint}", "empty file")
-        return files
-    if not os.path.exists(path):
-        raise DataError(f"{path}: no such file or folder", "missing file")
-    return [path]
-
-
-def _type_name(v: object) -> str:
-    return {type(None): "null", bool: "bool", int: "int", float: "float", str: "string",
-            list: "list", dict: "object"}.get(type(v), type(v).__name__)
-
-
-def read_records(file: str) -> Iterator[RawRecord]:
-    """Yield every record of one JSON, JSONL, Parquet or Arrow file, with its line (record) number.
-
-    JSON vs JSONL is decided by content: a file whose first character is "[" is one JSON array;
-    otherwise each non-blank line is one object, unless the whole file is one (pretty-printed) object,
-    which is taken as one record, or as its only list value when it looks like {"data": [...]}.
-    """
-    name = os.path.basename(file)
-    if file.endswith(SHARD_SUFFIXES):
-        yield from _read_shard(file, name)
-        return
-    try:
-        with open(file, encoding="utf-8-sig") as f:
-            text = f.read()
-    except UnicodeDecodeError as e:
-        line = 1 + open(file, "rb").read()[: e.start].count(b"\n")
-        raise DataError(f"{name}:{line}: not UTF-8 text ({e.reason} at byte {e.start}); save the file as UTF-8",
-                        "not UTF-8") from None
-    stripped = text.lstrip()
-    if not stripped:
-        raise DataError(f"{name}: the file is empty", "empty file")
-    if stripped[0] == "[":
-        yield from _read_json_array(text, name)
-        return
-    lines = text.split("\n")  # not splitlines(): JSON strings may hold U+2028 and other line separators
-    first = next(i for i, line in enumerate(lines) if line.strip())
-    try:
-        json.loads(lines[first])
-    except json.JSONDecodeError:
-        # Not one object per line: maybe a single pretty-printed JSON object.
-        try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
-            whole = None
-        if isinstance(whole, dict):
-            lists = [v for v in whole.values() if isinstance(v, list)]
-            if len(whole) == 1 and len(lists) == 1:
-                start = text.index("[", text.index(":"))  # after the only key: where the list starts
-                yield from _read_json_array(text, name, start)
-            else:
-                yield RawRecord(f"{name}:{first + 1}", whole)
-            return
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        source = f"{name}:{i + 1}"
-        try:
-            yield RawRecord(source, json.loads(line))
-        except json.JSONDecodeError as e:
-            yield RawRecord(source, DataError(f"{source}: malformed JSON ({e.msg} at column {e.colno})",
-                                              "malformed JSON"))
-
-
-def _read_shard(file: str, name: str) -> Iterator[RawRecord]:
-    """The rows of a Parquet file or an Arrow file (IPC stream, as `datasets` writes it, or IPC file)."""
-    import pyarrow as pa
-
-    kind = "Parquet" if file.endswith(".parquet") else "Arrow"
-    try:
-        if kind == "Parquet":
-            import pyarrow.parquet as pq
-
-            batches = pq.ParquetFile(file).iter_batches(batch_size=1024)
-        else:
-            source = pa.memory_map(file)
-            try:
-                batches = iter(pa.ipc.open_stream(source))
-            except pa.ArrowInvalid:
-                reader = pa.ipc.open_file(source)
-                batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
-        n = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                n += 1
-                yield RawRecord(f"{name}:record {n}", row)
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"{name}: not a readable {kind} file ({str(e).splitlines()[0][:200]})", "unreadable file") from None
-
-
-def _read_json_array(text: str, name: str, start: int | None = None) -> Iterator[RawRecord]:
-    """Decode a JSON array (starting at `start`, default the first "[") element by element, so that each
-    record knows the line it starts on."""
-    dec = json.JSONDecoder()
-    i = (text.index("[") if start is None else start) + 1
-    n = 0
-    line = 1 + text.count("\n", 0, i)
-    last = i
-
-    prev_line = -1
-
-    def where(pos: int) -> str:
-        """name:line, plus the record number when records share a line (minified JSON)."""
-        nonlocal line, last, prev_line
-        line += text.count("\n", last, pos)
-        last = pos
-        shared, prev_line = line == prev_line, line
-        return f"{name}:{line}, record {n + 1}" if shared else f"{name}:{line}"
-
-    def skip_ws(pos: int) -> int:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        return pos
-
-    i = skip_ws(i)
-    if i < len(text) and text[i] == "]":
-        return
-    while True:
-        i = skip_ws(i)
-        source = where(i)
-        try:
-            value, i = dec.raw_decode(text, i)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{name}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno}); "
-                            "a JSON file must be valid as a whole (use JSONL to skip bad lines)",
-                            "malformed JSON") from None
-        yield RawRecord(source, value)
-        n += 1
-        i = skip_ws(i)
-        if i < len(text) and text[i] == ",":
-            i += 1
-            continue
-        if i < len(text) and text[i] == "]":
-            return
-        raise DataError(f"{where(i)}: malformed JSON (expected ',' or ']' after a record)", "malformed JSON")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -253,7 +77,7 @@ def detect_format(record: object, source: str = "") -> str:
     """Which of FORMATS a record looks like, from its keys."""
     where = f"{source}: " if source else ""
     if not isinstance(record, dict):
-        raise DataError(f"{where}expected a JSON object per record, got {_type_name(record)}", "wrong type")
+        raise DataError(f"{where}expected a JSON object per record, got {type_name(record)}", "wrong type")
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record:
@@ -282,7 +106,7 @@ class _Rec:
     def __init__(self, value: object, source: str):
         self.source = source
         if not isinstance(value, dict):
-            self.fail("", f"expected a JSON object, got {_type_name(value)}", "wrong type")
+            self.fail("", f"expected a JSON object, got {type_name(value)}", "wrong type")
         self.d = value
 
     def fail(self, field: str, msg: str, reason: str):
@@ -291,7 +115,7 @@ class _Rec:
 
     def string(self, value: object, field: str, *, allow_empty: bool = False) -> str:
         if not isinstance(value, str):
-            self.fail(field, f"expected a non-empty string, got {_type_name(value)}", "wrong type")
+            self.fail(field, f"expected a non-empty string, got {type_name(value)}", "wrong type")
         if not allow_empty and not value.strip():
             self.fail(field, "expected a non-empty string, got an empty one", "empty field")
         return value
@@ -299,7 +123,7 @@ class _Rec:
     def get(self, key: str, kind: type, *, required: bool = True, allow_empty: bool = False):
         if key not in self.d or self.d[key] is None:
             if required:
-                what = "a non-empty string" if kind is str else f"a non-empty {_type_name(kind())}"
+                what = "a non-empty string" if kind is str else f"a non-empty {type_name(kind())}"
                 self.fail(key, f"missing (expected {what}; the record has {', '.join(map(repr, self.d)) or 'no keys'})",
                           "missing field")
             return None
@@ -307,21 +131,21 @@ class _Rec:
         if kind is str:
             return self.string(v, key, allow_empty=allow_empty)
         if not isinstance(v, kind):
-            self.fail(key, f"expected {'an object' if kind is dict else 'a list'}, got {_type_name(v)}", "wrong type")
+            self.fail(key, f"expected {'an object' if kind is dict else 'a list'}, got {type_name(v)}", "wrong type")
         if not allow_empty and len(v) == 0:
-            self.fail(key, f"expected a non-empty {_type_name(kind())}, got an empty one", "empty field")
+            self.fail(key, f"expected a non-empty {type_name(kind())}, got an empty one", "empty field")
         return v
 
     def message(self, m: object, field: str, *, role_key="role", content_key="content",
                 roles: dict | None = None) -> dict:
         if not isinstance(m, dict):
-            self.fail(field, f"expected a message object, got {_type_name(m)}", "wrong type")
+            self.fail(field, f"expected a message object, got {type_name(m)}", "wrong type")
         roles = roles or {r: r for r in ROLES}
         if role_key not in m:
             self.fail(f"{field}.{role_key}", f"missing (expected one of {', '.join(roles)})", "missing field")
         role = m[role_key]
         if not isinstance(role, str):
-            self.fail(f"{field}.{role_key}", f"expected a role string, got {_type_name(role)}", "wrong type")
+            self.fail(f"{field}.{role_key}", f"expected a role string, got {type_name(role)}", "wrong type")
         if role not in roles:
             self.fail(f"{field}.{role_key}", f"unknown role {role!r} (expected one of {', '.join(roles)})",
                       "unknown role")
@@ -413,7 +237,7 @@ def _parse_alpaca(r: _Rec) -> PreferencePair:
     history = []
     for i, turn in enumerate(r.get("history", list, required=False, allow_empty=True) or []):
         if not isinstance(turn, list) or len(turn) != 2:
-            r.fail(f"history[{i}]", f"expected a [user, assistant] pair, got {_type_name(turn)}", "wrong type")
+            r.fail(f"history[{i}]", f"expected a [user, assistant] pair, got {type_name(turn)}", "wrong type")
         history.append({"role": "user", "content": r.string(turn[0], f"history[{i}][0]")})
         history.append({"role": "assistant", "content": r.string(turn[1], f"history[{i}][1]")})
     prompt = _system(r) + history + [{"role": "user", "content": user}]

@@ -419,7 +419,7 @@ def load_preference_data(
     if max_prompt_length is not None and not 0 < max_prompt_length < max_length:
         raise ValueError(f"max_prompt_length must be in [1, max_length), got {max_prompt_length}")
     fmt = canonical_format(data_format)
-    from .formats import data_files
+    from .files import data_files
 
     files = data_files(path)
     settings = dict(version=CACHE_VERSION, max_length=max_length, max_prompt_length=max_prompt_length,
