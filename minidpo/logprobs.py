@@ -13,6 +13,8 @@ import inspect
 import torch
 
 from minidpo.data.collate import CHOSEN, PADDING, REJECTED
+from minidpo.packed_attention import NAME as SPLIT_ATTENTION
+from minidpo.packed_attention import packed_layout, stop_split_attention, use_split_attention
 
 REDUCTIONS = ("sum", "mean")
 
@@ -167,7 +169,7 @@ def concatenated_logps(model, batch: dict, reduction: str):
 # ---------------------------------------------------------------------------------------------------
 # Shared-prompt forward: one packed row [prompt, chosen, rejected] per pair (minidpo.data.collate_packed)
 
-PACKED_ATTENTION = ("sdpa", "eager")
+PACKED_ATTENTION = ("sdpa", "eager", SPLIT_ATTENTION)  # sdpa runs as SPLIT_ATTENTION once packed
 
 
 def _inner_model(model):
@@ -178,13 +180,14 @@ def _inner_model(model):
 
 
 def packed_forward_unsupported(model) -> str | None:
-    """Why `model` cannot take the packed forward (None when it can). It needs a custom 4D attention
-    mask (sdpa / eager attention) and must not need the 2D padding mask (transformers' own MoE router
-    losses do; MiniMind's, computed by minidpo.moe from per-token routing, does not)."""
+    """Why `model` cannot take the packed forward (None when it can). It needs sdpa attention (run as
+    two causal calls, minidpo.packed_attention) or eager attention (given a 4D mask), and must not
+    need the 2D padding mask (transformers' own MoE router losses do; MiniMind's, computed by
+    minidpo.moe from per-token routing, does not)."""
     config = _inner_model(model).config
     impl = getattr(config, "_attn_implementation", None) or "eager"
     if impl not in PACKED_ATTENTION:
-        return f"attention implementation {impl!r} takes no custom 4D mask (needs {' or '.join(PACKED_ATTENTION)})"
+        return f"attention implementation {impl!r} cannot run packed rows (needs sdpa or eager)"
     if getattr(config, "output_router_logits", None):
         return "mixture-of-experts router losses need the plain padding mask"
     return None
@@ -264,8 +267,15 @@ def packed_logps(model, batch: dict, reduction: str):
     logits from the first answer-predicting position on are used."""
     input_ids, segments, source = batch["input_ids"], batch["segment_ids"], batch["source"]
     dtype = next(getattr(model, "module", model).parameters()).dtype
-    kwargs = dict(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False,
-                  attention_mask=packed_attention_mask(segments, dtype))
+    kwargs = dict(input_ids=input_ids, position_ids=batch["position_ids"], use_cache=False)
+    inner, layout = _inner_model(model), None
+    if use_split_attention(inner):  # two causal calls per layer instead of a T x T mask (packed_attention.py)
+        layout = packed_layout(segments)
+        # a 4D mask is taken as given, so transformers builds none; the attention function ignores it
+        kwargs.update(minidpo_layout=layout, attention_mask=torch.zeros(len(segments), 1, 1, 1, dtype=dtype,
+                                                                        device=segments.device))
+    else:
+        kwargs["attention_mask"] = packed_attention_mask(segments, dtype)
     answer = (segments == CHOSEN) | (segments == REJECTED)
     per_token = _logprobs_from_final_hidden(model, kwargs, torch.where(answer, source, 0), input_ids)
     if per_token is None:
@@ -276,6 +286,9 @@ def packed_logps(model, batch: dict, reduction: str):
             first = 0
         logits = model(**kwargs).logits  # positions first..T-1
         per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids)
+    if layout is not None and layout.calls == 0:  # this model does not pass keywords down to its attention
+        stop_split_attention(inner)
+        return packed_logps(model, batch, reduction)
     logps, n_tokens = [], []
     for segment in (CHOSEN, REJECTED):
         mask = (segments == segment).float()

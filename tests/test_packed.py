@@ -141,3 +141,86 @@ def test_fused_head_in_bf16_matches_the_logits_path(tiny_model_dir):
     (c0, r0, g0), (c1, r1, g1) = runs
     assert torch.allclose(c0, c1, rtol=2e-2, atol=0.1) and torch.allclose(r0, r1, rtol=2e-2, atol=0.1)
     assert torch.nn.functional.cosine_similarity(g0, g1, dim=0) > 0.999
+
+
+# ---------------------------------------------------------------------------------------------------
+# Split attention (minidpo/packed_attention.py): two causal sdpa calls per layer instead of a T x T mask
+
+def test_split_attention_layout_by_hand():
+    from minidpo.packed_attention import packed_layout
+
+    P, C, R, X = PROMPT, CHOSEN, REJECTED, PADDING
+    seg = torch.tensor([[P, P, C, C, C, R, R, X], [P, C, R, R, R, X, X, X]])
+    layout = packed_layout(seg)
+    # call 1: [prompt, chosen], right-padded by repeating the last position
+    assert layout.first.tolist() == [[0, 1, 2, 3, 4], [0, 1, 1, 1, 1]]
+    # call 2: [prompt, rejected], the chosen tokens skipped
+    assert layout.second.tolist() == [[0, 1, 5, 6], [0, 2, 3, 4]]
+    # back: prompt and chosen from call 1 (index t), rejected from call 2 after call 1's 5 outputs
+    assert layout.back.tolist() == [[0, 1, 2, 3, 4, 5 + 2, 5 + 3, 0], [0, 1, 5 + 1, 5 + 2, 5 + 3, 0, 0, 0]]
+
+
+def _grads_after(model, batch, forward, reduction="sum"):
+    model.zero_grad()
+    chosen, rejected, _ = forward(model, batch, reduction)
+    (chosen.sum() - 2 * rejected.sum()).backward()
+    return chosen.detach(), rejected.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_split_attention_equals_the_dense_mask_and_builds_no_mask(tiny_model_dir, monkeypatch, tmp_path):
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from minidpo.packed_attention import NAME, stop_split_attention
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    batch = collate_packed(_random_pairs(6, model.config.vocab_size, seed=5), PAD)
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def watch(q, k, v, attn_mask=None, **kw):
+        calls.append((attn_mask, kw.get("is_causal")))
+        return real_sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", watch)
+    split = _grads_after(model, batch, packed_logps)
+    assert model.config._attn_implementation == NAME
+    layers = model.config.num_hidden_layers
+    assert len(calls) == 2 * layers and all(m is None and causal for m, causal in calls)  # no mask at all
+    # saving keeps the implementation out of config.json; a two-sequence batch runs plain sdpa, unchanged
+    model.save_pretrained(tmp_path / "saved")
+    assert NAME not in json.dumps(json.load(open(tmp_path / "saved" / "config.json")))
+    plain = collate_pairs(_random_pairs(3, model.config.vocab_size, seed=6), PAD)
+    with torch.no_grad():
+        on_split = concatenated_logps(model, plain, "sum")[:2]
+    calls.clear()
+    stop_split_attention(model)
+    dense = _grads_after(model, batch, packed_logps)
+    assert model.config._attn_implementation == "sdpa"
+    assert len(calls) == layers and all(m is not None and m.shape[-1] == batch["input_ids"].shape[1] for m, _ in calls)
+    with torch.no_grad():
+        on_sdpa = concatenated_logps(model, plain, "sum")[:2]
+    for a, b in zip(split, dense):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert all(torch.equal(a, b) for a, b in zip(on_split, on_sdpa))
+
+
+def test_split_attention_falls_back_when_the_model_drops_the_layout(tiny_model_dir):
+    """A model that does not pass its forward's keywords down to attention never sees the layout: the
+    forward is redone with the dense mask, and the model stays on plain sdpa."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32, attn_implementation="sdpa")
+    pairs = _random_pairs(4, model.config.vocab_size, seed=7)
+    expected = concatenated_logps(model, collate_pairs(pairs, PAD), "sum")[:2]
+
+    def drop_layout(_module, args, kwargs):
+        kwargs.pop("minidpo_layout", None)
+        return args, kwargs
+
+    for layer in model.model.layers:
+        layer.self_attn.register_forward_pre_hook(drop_layout, with_kwargs=True)
+    chosen, rejected, _ = packed_logps(model, collate_packed(pairs, PAD), "sum")
+    assert model.config._attn_implementation == "sdpa" and model._minidpo_split_attention is False
+    assert torch.allclose(chosen, expected[0], atol=1e-5) and torch.allclose(rejected, expected[1], atol=1e-5)
