@@ -33,6 +33,17 @@ def test_workload_lengths_follow_the_spec_and_are_deterministic():
     assert generate_pairs(Workload(pairs=16)) == pairs[:16]  # a smaller bench is a prefix of the full one
 
 
+def test_skewed_workload_is_mostly_short_with_a_long_tail():
+    from minidpo.bench.workload import skewed_workload
+
+    pairs = generate_pairs(skewed_workload())
+    rows = sorted(len(p) + len(c) + len(r) for p, c, r in pairs)
+    assert len(rows) == 512 and 90 <= rows[256] <= 150  # the median packed row ~120 tokens
+    long = [x for x in rows if x > 500]
+    assert 0.03 <= len(long) / len(rows) <= 0.08 and rows[-1] > 1200  # ~5% ten times longer
+    assert all(len(p) + max(len(c), len(r)) <= 1024 for p, c, r in pairs)
+
+
 def test_every_pipeline_sees_the_generated_token_ids(tmp_path):
     """minidpo's data loader turns the workload's text back into exactly the generated ids."""
     from transformers import AutoTokenizer
@@ -100,6 +111,27 @@ def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
     assert "| minidpo, LoRA r=16" in table
     assert "| minidpo |" in table and "| TRL DPOTrainer |" in table and "peak RSS" in table and "losses agree" in table
     assert "| minidpo, SimPO (no reference model) |" in table
+
+
+@pytest.mark.slow
+def test_bench_skewed_workload_runs_the_token_budget(tmp_path):
+    """--workload skewed: fixed batches of 4 against a token budget, on the same pairs; the budget's
+    micro-batches never exceed it (except a pair alone), so its largest forward is smaller."""
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "minidpo.bench", "--model", "tiny", "--workload", "skewed", "--pairs", "48",
+           "--trainers", "minidpo,minidpo-budget", "--token-budget", "512", "--rounds", "1", "--threads", "1",
+           "--dtype", "fp32", "--check-steps", "2", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["workload"]["long_fraction"] == 0.05 and report["settings"]["max_length"] == 1024
+    r = report["results"]
+    assert r["minidpo"]["pairs"] == r["minidpo-budget"]["pairs"] == 48  # one epoch, every pair (one rank)
+    assert r["minidpo-budget"]["padding_fraction"] < r["minidpo"]["padding_fraction"]
+    budget = json.loads((out / "run_round0_minidpo-budget" / "run_config.json").read_text())["run"]
+    assert budget["max_tokens_per_batch"] == 512
+    assert report["check"]["losses"]["minidpo-budget"][0] == pytest.approx(math.log(2), abs=1e-5)
+    assert "token budget 512 positions" in (out / "bench.md").read_text()
 
 
 def test_bench_refuses_unknown_trainers(tmp_path):

@@ -1,7 +1,7 @@
 """`make bench`: minidpo, TRL's DPOTrainer and a seed-style loop on one generated workload.
 
     python -m minidpo.bench [--model minimind-26m] [--pairs 256] [--dtype bf16] [--threads 2] [--rounds 2]
-                            [--trainers minidpo,trl,naive] [--out runs/bench]
+                            [--trainers minidpo,trl,naive] [--workload plain|skewed] [--out runs/bench]
 
 1. Builds the workload (model folder + pairs, see workload.py) and measures this machine's matmul peak.
 2. Numerics check: every trainer trains the same first batches (minidpo's plan) for --check-steps
@@ -25,17 +25,20 @@ from dataclasses import asdict
 
 from minidpo.bench.flops import dpo_pair_flops
 from minidpo.bench.settings import TRAINERS, Settings
-from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work
+from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work, skewed_workload
 from minidpo.data import TokenizedPair, batch_plan
 from minidpo.data.collate import padded_length
 from minidpo.engine import launch_env
 
 DEFAULT_TRAINERS = "minidpo,minidpo-simpo,minidpo-lora,trl,naive"
+SKEWED_TRAINERS = "minidpo,minidpo-budget,trl"  # --workload skewed: fixed batches against a token budget
 LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing", "trl": "TRL DPOTrainer",
           "naive": "seed-style loop", "minidpo-simpo": "minidpo, SimPO (no reference model)",
-          "minidpo-lora": "minidpo, LoRA r=16 (reference = adapter off, no reference engine)"}
+          "minidpo-lora": "minidpo, LoRA r=16 (reference = adapter off, no reference engine)",
+          "minidpo-budget": "minidpo, token budget (--max_tokens_per_batch)"}
 OTHER_OBJECTIVES = ("minidpo-simpo",)  # timed and measured beside DPO; not in the DPO numerics check or targets
-DIFFERENT_UPDATES = ("minidpo-lora",)  # trains other parameters: only its step-0 loss (ln 2) is checked
+# trains other parameters (LoRA) or other batches (a token budget): only its step-0 loss (ln 2) is checked
+DIFFERENT_UPDATES = ("minidpo-lora", "minidpo-budget")
 
 
 def _env(threads: int) -> dict:
@@ -149,9 +152,12 @@ def targets(results: dict) -> dict:
 def markdown(report: dict) -> str:
     rows = report["results"]
     trl = rows.get("trl")
-    lines = [f"Workload: {report['workload']['model']} Llama, {report['workload']['pairs']} pairs "
+    w = report["workload"]
+    spread = f", {w['long_fraction']:.0%} of them {w['long_scale']:g}x longer" if w.get("long_fraction") else ""
+    budget = (f" (token budget {report['settings']['token_budget']} positions)" if "minidpo-budget" in rows else "")
+    lines = [f"Workload: {w['model']} Llama, {w['pairs']} pairs "
              f"(median prompt {report['work']['prompt_median']}, response {report['work']['response_median']}, "
-             f"max {report['work']['response_max']}), batch {report['settings']['batch_size']}, "
+             f"max {report['work']['response_max']}{spread}), batch {report['settings']['batch_size']}{budget}, "
              f"{report['settings']['dtype']}, {report['settings']['threads']} threads; machine: {report['machine']}; "
              f"{report['settings']['dtype']} matmul peak {report['peak_gflops']:.0f} GFLOP/s; "
              f"median of {report['rounds']} interleaved rounds.", "",
@@ -176,15 +182,19 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="minimind-26m", choices=list(MODELS))
-    p.add_argument("--pairs", type=int, default=256)
+    p.add_argument("--pairs", type=int, default=None, help="default 256 (plain), 512 (skewed)")
+    p.add_argument("--workload", default="plain", choices=["plain", "skewed"],
+                   help="skewed: 95%% short pairs, 5%% ten times longer, max length 1024 (for token budgets)")
+    p.add_argument("--token-budget", type=int, default=2048, help="minidpo-budget's --max_tokens_per_batch")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="auto: bf16 where the hardware has bf16 units (GPU, AVX512-bf16/AMX CPU), else fp32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--check-steps", type=int, default=3)
     p.add_argument("--tolerance", type=float, default=None, help="loss agreement (default: 1e-4 fp32, 2e-2 bf16)")
-    p.add_argument("--trainers", default=DEFAULT_TRAINERS,
-                   help=f"comma-separated, from {', '.join(TRAINERS)} (minidpo-ac: minidpo with activation checkpointing)")
+    p.add_argument("--trainers", default=None,
+                   help=f"comma-separated, from {', '.join(TRAINERS)} (minidpo-ac: minidpo with activation "
+                        f"checkpointing; default {DEFAULT_TRAINERS}, skewed: {SKEWED_TRAINERS})")
     p.add_argument("--out", default=os.path.join("runs", "bench"))
     # the scaling sweep (minidpo/bench/sweep.py)
     p.add_argument("--sweep", action="store_true", help="sweep max length and model size instead (see sweep.py)")
@@ -194,6 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--tokens-per-step", type=int, default=4096, help="sweep: batch = this / max length")
     p.add_argument("--sweep-steps", type=int, default=8, help="sweep: steps per point")
     a = p.parse_args(argv)
+    a.trainers = a.trainers or (SKEWED_TRAINERS if a.workload == "skewed" else DEFAULT_TRAINERS)
     trainers = [t for t in a.trainers.split(",") if t]
     unknown = set(trainers) - set(TRAINERS)
     if unknown or not trainers:
@@ -205,9 +216,13 @@ def main(argv=None) -> int:
             p.error("TRL is not installed: pip install -e '.[bench]' (or make bench, which does), "
                     "or leave it out with --trainers minidpo,naive")
     os.makedirs(a.out, exist_ok=True)
-    w = Workload(model=a.model, pairs=a.pairs)
+    if a.workload == "skewed":
+        w = skewed_workload(a.model, a.pairs or 512)
+    else:
+        w = Workload(model=a.model, pairs=a.pairs or 256)
     dtype = a.dtype if a.dtype != "auto" else ("bf16" if _has_bf16_units() else "fp32")
-    s = Settings(dtype=dtype, threads=a.threads)
+    s = Settings(dtype=dtype, threads=a.threads, max_length=w.max_length, max_prompt_length=w.max_length // 2,
+                 token_budget=a.token_budget)
     if a.sweep:
         from minidpo.bench.sweep import run_sweep
 
@@ -219,7 +234,7 @@ def main(argv=None) -> int:
                            out=a.out, worker=_worker, log=lambda m: print(m, flush=True))
         print(open(os.path.join(a.out, "sweep.md")).read() + "plots: " + ", ".join(report["plots"]))
         return 0
-    workload_dir = os.path.join(a.out, f"workload-{a.model}-{a.pairs}")
+    workload_dir = os.path.join(a.out, f"workload-{a.workload}-{a.model}-{w.pairs}")
     build(w, workload_dir)
     print(f"bench: workload in {workload_dir}; {dtype}; measuring the {dtype} matmul peak", flush=True)
     peak = json.loads(subprocess.run([sys.executable, "-m", "minidpo.bench.peak", "--dtype", dtype, "--threads",

@@ -16,9 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0,
-        loss: dict | None = None, lora_r: int = 0) -> dict:
+        loss: dict | None = None, lora_r: int = 0, token_budget: bool = False) -> dict:
     """`loss`: loss settings that replace the workload's sigmoid (e.g. settings.SIMPO with loss_type simpo);
-    `lora_r` > 0: a LoRA adapter of that rank (alpha 2 r), the reference its adapter switched off."""
+    `lora_r` > 0: a LoRA adapter of that rank (alpha 2 r), the reference its adapter switched off;
+    `token_budget`: micro-batches filled up to `s.token_budget` packed positions instead of `batch_size` pairs."""
     import minidpo.reference
     from minidpo.config import RunConfig
     from minidpo.train import train
@@ -33,7 +34,8 @@ def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0,
         weight_decay=0.0, batch_size=s.batch_size, max_grad_norm=s.max_grad_norm, dtype=s.dtype,
         precompute_ref=True, shared_prompt=True, max_length=s.max_length, max_prompt_length=s.max_prompt_length,
         seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
-        activation_checkpointing=activation_checkpointing, lora_r=lora_r, lora_alpha=2.0 * lora_r)
+        activation_checkpointing=activation_checkpointing, lora_r=lora_r, lora_alpha=2.0 * lora_r,
+        max_tokens_per_batch=s.token_budget if token_budget else 0)
     if loss:
         cfg = dataclasses.replace(cfg, **loss, precompute_ref=needs_reference(loss["loss_type"]))
     summary = train(cfg)

@@ -12,6 +12,7 @@ TRAINERS += ("minidpo-simpo",)
 SIMPO = {"beta": 2.0, "simpo_gamma": 0.5}
 TRAINERS += ("minidpo-lora",)  # minidpo with a LoRA adapter (LORA_R); the reference is the adapter switched off
 LORA_R = 16
+TRAINERS += ("minidpo-budget",)  # minidpo with --max_tokens_per_batch Settings.token_budget instead of batch_size
 
 
 @dataclass
@@ -26,3 +27,4 @@ class Settings:
     max_prompt_length: int = 256
     seed: int = 0
     max_steps: int = -1       # -1: one epoch over the workload's pairs
+    token_budget: int = 2048  # minidpo-budget only: packed positions per micro-batch

@@ -48,6 +48,7 @@ def main(argv=None) -> None:
 
         run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"),
                                 lora_r=LORA_R if a.trainer == "minidpo-lora" else 0,
+                                token_budget=a.trainer == "minidpo-budget",
                                 loss={"loss_type": "simpo", **SIMPO} if a.trainer == "minidpo-simpo" else None)
     elif a.trainer == "trl":
         from minidpo.bench.run_trl import run

@@ -4,7 +4,8 @@ Every trainer reads the same pairs as text, so each runs its own data pipeline; 
 word-level one ("w17" is token 17) with a chat template that adds nothing but an EOS after each
 answer, so every pipeline must arrive at exactly the token ids generated here (checked by
 `check_tokenization`). Lengths follow a log-normal spread like real preference data: median prompt
-64 tokens, median answer 96, a long tail to 384, everything within max_length.
+64 tokens, median answer 96, a long tail to 384, everything within max_length (`skewed_workload`:
+mostly short pairs and a few ten times longer, for token-budget batches).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ class Workload:
     response_max: int = 384
     max_length: int = 512
     seed: int = 0
+    # a skewed spread: this fraction of the pairs has every median (and the answer cap) times long_scale
+    long_fraction: float = 0.0
+    long_scale: float = 1.0
     model_config: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -66,11 +70,20 @@ def generate_pairs(w: Workload) -> list[tuple[list[int], list[int], list[int]]]:
     words = lambda n: [rng.randrange(len(SPECIAL), vocab) for _ in range(n)]  # noqa: E731
     pairs = []
     for _ in range(w.pairs):
-        p = _lognormal(rng, w.prompt_median, 0.45, 4, w.max_length // 2)
-        room = min(w.response_max, w.max_length - p)
-        c, r = (_lognormal(rng, w.response_median, 0.6, 2, room) for _ in range(2))
+        # the draw for a long pair only when there are any, so the plain workload's pairs stay as they were
+        scale = w.long_scale if w.long_fraction and rng.random() < w.long_fraction else 1.0
+        p = _lognormal(rng, round(w.prompt_median * scale), 0.45, 4, w.max_length // 2)
+        room = min(round(w.response_max * scale), w.max_length - p)
+        c, r = (_lognormal(rng, round(w.response_median * scale), 0.6, 2, room) for _ in range(2))
         pairs.append((words(p), words(c - 1) + [EOS_ID], words(r - 1) + [EOS_ID]))
     return pairs
+
+
+def skewed_workload(model: str = "minimind-26m", pairs: int = 512) -> Workload:
+    """Most pairs short (packed rows ~60-200 tokens), one in twenty ten times longer (~700-1800): the
+    spread where a fixed pair count per micro-batch pays for its longest pair (token budgets' case)."""
+    return Workload(model=model, pairs=pairs, prompt_median=24, response_median=40, response_max=96,
+                    max_length=1024, long_fraction=0.05, long_scale=10.0)
 
 
 def _text(ids: list[int]) -> str:
