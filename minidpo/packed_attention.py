@@ -8,8 +8,9 @@ kernel skips masked blocks of an arbitrary mask: on a CPU that is ~2x the causal
 Here the attention function gathers each row's [prompt, chosen] and [prompt, rejected] (both
 right-padded to the batch's longest) and runs causal sdpa on each: causal with right padding is exact
 for every real query, and `is_causal` takes the fastest kernel there is. The outputs are put back in
-row order; the prompt's queries of the second call are computed twice and dropped (P^2/2 extra
-scores, against the (P+C+R)^2 - ... the dense mask spends). No mask tensor is ever built.
+row order; the prompt's queries are computed again in the second call and dropped. Scores computed:
+(P+C)^2/2 + (P+R)^2/2 against the dense mask's (P+C+R)^2 (4 units against 9 when P = C = R). No mask
+tensor is ever built.
 
 The attention function is registered with transformers' AttentionInterface as `minidpo_packed`. It
 only takes this path when a forward passes `minidpo_layout=` (minidpo.logprobs.packed_logps does);
@@ -78,6 +79,8 @@ def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0,
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    if kwargs.get("softcap") is not None:  # as transformers' sdpa: soft-capped scores need eager attention
+        raise ValueError("minidpo_packed (sdpa) attention does not support softcap: load the model with eager attention")
     layout = minidpo_layout
     layout.calls += 1
     gqa = {"enable_gqa": True} if key.shape[1] != query.shape[1] else {}

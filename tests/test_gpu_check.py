@@ -79,6 +79,7 @@ def test_gpu_check_runs_at_toy_size_on_a_cpu(tmp_path):
         assert v["pairs_per_s"] > 0 and v["tokens_per_s"] > v["pairs_per_s"] and v["peak_memory_gb"] > 0.1
     assert report["optimizer"] == "torch.optim.AdamW"
     assert report["attention"]["implementation"] == "sdpa"
+    assert report["attention"]["packed_attention"] == "two causal sdpa calls per layer"
     assert any("scaled_dot_product" in op for op in report["attention"]["packed"])
     bench = report["bench"]
     assert set(bench["results"]) == {"minidpo", "trl"} and bench["numerics_check"] == "losses agree"

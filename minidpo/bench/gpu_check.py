@@ -118,6 +118,7 @@ def attention_kernels(paths: dict, dtype: str) -> dict:
     from minidpo.data.collate import collate_packed
     from minidpo.engine import load_causal_lm, load_tokenizer
     from minidpo.logprobs import pair_logps
+    from minidpo.packed_attention import NAME as SPLIT_ATTENTION
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
@@ -131,6 +132,9 @@ def attention_kernels(paths: dict, dtype: str) -> dict:
             pair_logps(model, batch, "sum")
         report[name] = sorted({e.key for e in prof.key_averages()
                                if "scaled_dot_product" in e.key or "attention" in e.key.lower()})
+        if name == "packed":  # sdpa models run packed rows as two causal calls (minidpo/packed_attention.py)
+            split = model.config._attn_implementation == SPLIT_ATTENTION
+            report["packed_attention"] = "two causal sdpa calls per layer" if split else "dense 4D mask"
     del model
     gc.collect()
     return report
