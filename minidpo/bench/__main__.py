@@ -200,9 +200,9 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true", help="sweep max length and model size instead (see sweep.py)")
     p.add_argument("--sweep-models", default="minimind-26m,smollm2-135m")
     p.add_argument("--sweep-lengths", default="512,1024,2048,4096")
-    p.add_argument("--sweep-trainers", default="minidpo,trl")
+    p.add_argument("--sweep-trainers", default="minidpo,minidpo-ac,minidpo-lora,minidpo-simpo,trl")
     p.add_argument("--tokens-per-step", type=int, default=4096, help="sweep: batch = this / max length")
-    p.add_argument("--sweep-steps", type=int, default=8, help="sweep: steps per point")
+    p.add_argument("--sweep-steps", type=int, default=4, help="sweep: steps per point")
     a = p.parse_args(argv)
     a.trainers = a.trainers or (SKEWED_TRAINERS if a.workload == "skewed" else DEFAULT_TRAINERS)
     trainers = [t for t in a.trainers.split(",") if t]
