@@ -11,21 +11,20 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
 
     files.py     file / folder -> raw records (JSON, JSONL, Parquet, Arrow), each named file:line
     formats.py   record -> PreferencePair (several formats, errors name file:line and field)
-    tokenize.py  chat template, response-only ids, truncation, stats, on-disk cache
+    chat.py      chat template (or plain / raw) -> response-only ids (ChatEncoder, TokenizedPair)
+    tokenize.py  truncation, stats, the dataset and its on-disk cache
     collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
     sampler.py   batch_plan: deterministic, length-grouped, equal batches per rank
 """
 
+from .chat import ChatEncoder, TokenizedPair, encode_prompt_response
 from .collate import collate_packed, collate_pairs
 from .formats import FORMATS, DataError, PreferencePair, detect_format, iter_pairs
 from .sampler import batch_plan
 from .tokenize import (
     DEFAULT_CACHE_DIR,
-    ChatEncoder,
     DataStats,
     PreferenceDataset,
-    TokenizedPair,
-    encode_prompt_response,
     load_preference_data,
     truncate_pair,
 )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .tokenize import TokenizedPair
+from .chat import TokenizedPair
 
 
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:

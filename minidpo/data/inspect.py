@@ -7,7 +7,8 @@ import os
 from collections.abc import Sequence
 
 from .formats import DataError, iter_pairs
-from .tokenize import PLAIN_ROLES, load_preference_data
+from .chat import PLAIN_ROLES
+from .tokenize import load_preference_data
 
 DIM, RESET = "\033[2m", "\033[0m"
 OPEN, CLOSE = "[[", "]]"  # marks the masked (prompt) part when not using colour
