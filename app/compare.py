@@ -12,29 +12,22 @@ pick_examples.py (measures them). Loading is `minidpo.models`, sampling `minidpo
 
 from __future__ import annotations
 
-import os
+from minidpo.errors import set_offline_environment
 
-# Offline before gradio / transformers are imported: no analytics, no version check, no hub.
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+set_offline_environment()  # the entry point: before gradio / transformers are imported (no analytics, no hub)
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from app.handlers import Comparer  # noqa: E402,F401 - the names tests and users import from here
-from app.layout import build_app, launch_kwargs  # noqa: E402,F401
-from app.session import Stream  # noqa: E402,F401
+from app.handlers import Comparer  # noqa: E402
+from app.layout import build_app, launch_kwargs  # noqa: E402
 from app.votes import DEFAULT_VOTES  # noqa: E402
-from minidpo.config import ConfigError  # noqa: E402
-from minidpo.flags import add_flag  # noqa: E402
-from minidpo.generation import DEFAULTS, sample_next  # noqa: E402,F401
-from minidpo.generation import SamplingSettings as GenSettings  # noqa: E402,F401 - the old name
-from minidpo.models import DTYPE_CHOICES, OLD_DTYPE_NAMES, ModelError, check_model_folder, load_model  # noqa: E402,F401
+from minidpo.errors import ModelError, run_cli  # noqa: E402
+from minidpo.generation import DEFAULTS  # noqa: E402
+from minidpo.models import DTYPE_CHOICES, check_model_folder  # noqa: E402
+from minidpo.sources import hf_folder  # noqa: E402
 
-CheckpointError = ModelError  # the old name
 DEFAULT_RUNS_DIR = "runs"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
@@ -44,8 +37,6 @@ def resolve_model_dirs(sft: str | None = None, dpo: str | None = None, runs_dir:
     """(sft_dir, dpo_dir) as Paths: the given sources (resolved by `minidpo.sources.hf_folder`), or the
     defaults of a local run: SFT = `<runs_dir>/sft/export`; DPO = the newest `<runs_dir>/dpo*/export*`
     folder holding a config.json. Raises ModelError saying what to run when missing."""
-    from minidpo.sources import hf_folder
-
     runs = Path(runs_dir)
     if sft:
         sft_dir = Path(hf_folder(sft, role="--sft"))
@@ -70,8 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sft", metavar="DIR", help="SFT (reference) model folder or .gguf file [default: <runs_dir>/sft/export]")
     p.add_argument("--dpo", metavar="DIR", help="DPO model folder or .gguf file [default: newest <runs_dir>/dpo*/export*]")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer folder, for model files that carry none")
-    add_flag(p, "runs_dir", old=("--runs-dir",), default=DEFAULT_RUNS_DIR,
-             help="where the defaults are looked for [%(default)s]")
+    p.add_argument("--runs_dir", default=DEFAULT_RUNS_DIR, help="where the defaults are looked for [%(default)s]")
     p.add_argument("--beta", type=float, default=None,
                    help="β of the implicit reward [default: the DPO run's run_config.json, else 0.1]")
     p.add_argument("--votes", default=DEFAULT_VOTES, metavar="PATH", help="blind-vote JSONL file [%(default)s]")
@@ -79,30 +69,33 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="interface to serve on [%(default)s]; 0.0.0.0 exposes the app to your network")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="[%(default)s]")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, … [%(default)s]")
-    p.add_argument("--dtype", default="auto", choices=[*DTYPE_CHOICES, *OLD_DTYPE_NAMES],
-                   help="auto = bf16/fp16 on GPU, fp32 on CPU [%(default)s] (old names float32, bfloat16, float16: "
-                   "still accepted, to be removed in the next release)")
-    add_flag(p, "max_new_tokens", old=("--max-new-tokens",), type=int, default=DEFAULTS.max_new_tokens,
-             help="initial slider value [%(default)s]")
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES, help="auto = bf16/fp16 on GPU, fp32 on CPU [%(default)s]")
+    p.add_argument("--max_new_tokens", type=int, default=DEFAULTS.max_new_tokens, help="initial slider value [%(default)s]")
+    p.add_argument("--allow_pickle_weights", action="store_true",
+                   help="accept model folders whose weights are only a pickle pytorch_model.bin")
     return p.parse_args(argv)
+
+
+def start(args: argparse.Namespace) -> Comparer:
+    sft_dir, dpo_dir = resolve_model_dirs(args.sft, args.dpo, args.runs_dir)
+    check_model_folder(sft_dir, "SFT", tokenizer=args.tokenizer)
+    check_model_folder(dpo_dir, "DPO", tokenizer=args.tokenizer)
+    comparer = Comparer.from_dirs(sft_dir, dpo_dir, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
+                                  beta=args.beta, votes_path=args.votes, allow_pickle=args.allow_pickle_weights)
+    if not comparer.shared_tokenizer:
+        print("warning: the two models have different tokenizers; implicit rewards are disabled", file=sys.stderr)
+    print(f"SFT {sft_dir}  vs  DPO {dpo_dir}  (β = {comparer.beta:g} from {comparer.beta_source}, "
+          f"votes -> {args.votes})")
+    return comparer
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        sft_dir, dpo_dir = resolve_model_dirs(args.sft, args.dpo, args.runs_dir)
-        check_model_folder(sft_dir, "SFT", tokenizer=args.tokenizer)
-        check_model_folder(dpo_dir, "DPO", tokenizer=args.tokenizer)
-        comparer = Comparer.from_dirs(sft_dir, dpo_dir, device=args.device, dtype=args.dtype, tokenizer=args.tokenizer,
-                                      beta=args.beta, votes_path=args.votes)
-    except ConfigError as exc:  # ModelError, SourceError: one line for people
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    if not comparer.shared_tokenizer:
-        print("warning: the two models have different tokenizers; implicit rewards are disabled", file=sys.stderr)
-    demo = build_app(comparer, default_max_new_tokens=args.max_new_tokens)
-    print(f"SFT {sft_dir}  vs  DPO {dpo_dir}  (β = {comparer.beta:g} from {comparer.beta_source}, "
-          f"votes -> {args.votes})")
+    started = []
+    code = run_cli(lambda: started.append(start(args)))  # bad models and settings: one line, exit 2
+    if code:
+        return code
+    demo = build_app(started[0], default_max_new_tokens=args.max_new_tokens)
     demo.queue().launch(**launch_kwargs(args.host, args.port))
     return 0
 

@@ -14,7 +14,8 @@ from dataclasses import asdict
 
 from app.session import Answer, CannotStart, Session, settings_from
 from app.votes import DEFAULT_VOTES, VoteRefused, VoteWriter
-from minidpo.models import LoadedModel, first_line, load_model, resolve_beta
+from minidpo.errors import first_line
+from minidpo.models import LoadedModel, load_model, resolve_beta
 
 STOPPED = "**Stopped:** partial answers kept, no rewards computed."
 
@@ -42,11 +43,12 @@ class Comparer:
         self._stop_flags: dict[str | None, threading.Event] = {}
 
     @classmethod
-    def from_dirs(cls, sft_dir, dpo_dir, *, device="auto", dtype="auto", tokenizer=None, beta=None, **kwargs):
+    def from_dirs(cls, sft_dir, dpo_dir, *, device="auto", dtype="auto", tokenizer=None, beta=None,
+                  allow_pickle=False, **kwargs):
         """Load both models; beta from the DPO run's run_config.json unless given."""
         beta, source = resolve_beta(beta, dpo_dir)
-        return cls(load_model(sft_dir, "SFT", tokenizer=tokenizer, device=device, dtype=dtype),
-                   load_model(dpo_dir, "DPO", tokenizer=tokenizer, device=device, dtype=dtype),
+        load = dict(tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle)
+        return cls(load_model(sft_dir, "SFT", **load), load_model(dpo_dir, "DPO", **load),
                    beta=beta, beta_source=source, **kwargs)
 
     # what the page and the tests read

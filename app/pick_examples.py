@@ -19,8 +19,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from minidpo.flags import add_flag
+from minidpo.demo.judge import JUDGED_AXES, judge_heldout
+from minidpo.errors import run_cli, set_offline_environment
+from minidpo.eval.heldout import read_heldout
+from minidpo.fsutil import write_text_atomic
 from minidpo.generation import DEFAULTS, decode_answer, generate_ids, prompt_ids_for
+from minidpo.models import load_model
 
 
 def measure(sft, dpo, records, judge, *, seeds: int = 8, settings=DEFAULTS, batch_size: int = 64) -> list[dict]:
@@ -57,37 +61,33 @@ def pick(measured: list[dict], *, min_pass: int, per_group: int, axis_order=()) 
 
 
 def main(argv=None) -> int:
-    from minidpo.config import ConfigError
-    from minidpo.demo.judge import JUDGED_AXES, judge_heldout
-    from minidpo.eval import read_heldout
-    from minidpo.models import load_model
-
+    set_offline_environment()
     ap = argparse.ArgumentParser(prog="python -m app.pick_examples", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sft", required=True)
     ap.add_argument("--dpo", required=True)
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder, for model files that carry none")
     ap.add_argument("--data", required=True, help="held-out data with axis / lang / meta (the demo's heldout.jsonl)")
-    add_flag(ap, "data_format", default="auto")
+    ap.add_argument("--data_format", default="auto")
     ap.add_argument("--output", default=None, help="default: app_examples.json of the DPO run (next to its export)")
     ap.add_argument("--seeds", type=int, default=8)
-    add_flag(ap, "min_pass", type=int, default=7, help="seeds the DPO answer must pass")
-    add_flag(ap, "per_group", type=int, default=1, help="examples kept per axis and language")
+    ap.add_argument("--min_pass", type=int, default=7, help="seeds the DPO answer must pass")
+    ap.add_argument("--per_group", type=int, default=1, help="examples kept per axis and language")
     ap.add_argument("--candidates", type=int, default=10, help="held-out prompts tried per axis and language")
-    add_flag(ap, "batch_size", type=int, default=64)
+    ap.add_argument("--batch_size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32")
+    ap.add_argument("--allow_pickle_weights", action="store_true",
+                    help="accept model folders whose weights are only a pickle pytorch_model.bin")
     args = ap.parse_args(argv)
+    return run_cli(lambda: pick_and_write(args))  # bad models and data: one line, exit 2
+
+
+def pick_and_write(args) -> int:
     t0 = time.time()
-    try:
-        sft = load_model(args.sft, "SFT", tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-        dpo = load_model(args.dpo, "DPO", tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
-        records = read_heldout(args.data, args.data_format)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ValueError as e:  # DataError
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    load = dict(tokenizer=args.tokenizer, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle_weights)
+    sft = load_model(args.sft, "SFT", **load)
+    dpo = load_model(args.dpo, "DPO", **load)
+    records = read_heldout(args.data, args.data_format)
     per_group: dict = defaultdict(list)
     for r in records:
         if judge_heldout(r, "") is not None and len(per_group[(r.axis, r.lang)]) < args.candidates:
@@ -100,8 +100,7 @@ def main(argv=None) -> int:
                          "sft": sft.path, "dpo": dpo.path, "data": str(args.data), "judge": "minidpo.demo.judge",
                          "candidates": len(candidates), "seconds": round(time.time() - t0, 1)},
             "examples": chosen, "all": measured}
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(output, json.dumps(info, ensure_ascii=False, indent=1) + "\n")
     groups = sorted({(m["axis"], m["lang"]) for m in measured}, key=str)
     for axis, lang in groups:
         ok = [m for m in chosen if (m["axis"], m["lang"]) == (axis, lang)]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from minidpo.generation import Decoder, SamplingSettings, decode_answer, prompt_ids_for
 from minidpo.models import LoadedModel, same_vocab
+from minidpo.scoring import implicit_rewards
 
 
 class CannotStart(ValueError):
@@ -128,8 +129,6 @@ class Session:
         shared tokenizer."""
         if not self.shared_tokenizer:
             return None
-        from minidpo.scoring import implicit_rewards
-
         r = implicit_rewards(self.dpo.model, self.sft.model, self.sft.tokenizer, messages, [sft_text, dpo_text],
                              self.beta)
         return float(r[0]), float(r[1])

@@ -14,7 +14,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from minidpo.models import first_line
+from minidpo.errors import first_line
 
 DEFAULT_VOTES = "runs/votes.jsonl"
 

@@ -3,16 +3,18 @@
 Layout inside a run folder:
     checkpoints/latest                 tag of the newest complete checkpoint (written last, atomically)
     checkpoints/step_00000100/         DeepSpeed model + optimizer + scheduler states, one RNG file per rank
-    checkpoints/step_00000100/minidpo.json  step and resume fingerprint (minidpo.faults)
+    checkpoints/step_00000100/minidpo.json  step and resume fingerprint (below)
     checkpoints/step_00000100/hf/      Hugging Face export of that step (save_pretrained + tokenizer)
     export/                            the final Hugging Face export
 
 A checkpoint or export is written into `<name>.partial` and renamed when complete, so a kill during a
-save leaves the previous one intact; a resume removes the leftovers with a line saying so.
+save leaves the previous one intact; a resume removes the leftovers with a line saying so. A resume also
+checks the fingerprint: what the run config's sections say a resumed run must share with the saved one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -22,7 +24,10 @@ import shutil
 import torch
 import torch.distributed as dist
 
-from minidpo import faults, lora
+from minidpo import lora
+from minidpo.errors import ConfigError, FaultError
+from minidpo.fault_injection import inject
+from minidpo.fsutil import PARTIAL, clean_incomplete, commit_folder, write_text_atomic
 
 TAG_RE = re.compile(r"^step_(\d+)$")
 
@@ -55,7 +60,7 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
     if engine.zero_optimization_stage() == 3:
         state_dict = engine._zero3_consolidated_16bit_state_dict()  # gathers the partitions on rank 0
     if dist.get_rank() == 0:
-        partial = out_dir.rstrip("/") + faults.PARTIAL  # renamed once complete: a killed export leaves the old one
+        partial = out_dir.rstrip("/") + PARTIAL  # renamed once complete: a killed export leaves the old one
         shutil.rmtree(partial, ignore_errors=True)
         os.makedirs(partial)
         if lora.is_lora(engine):  # the adapter, and the base with it merged in
@@ -63,7 +68,7 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
         else:
             engine.module.save_pretrained(partial, state_dict=state_dict, safe_serialization=True)
             tokenizer.save_pretrained(partial)
-        faults.commit_folder(partial, out_dir)
+        commit_folder(partial, out_dir)
     dist.barrier()
 
 
@@ -75,7 +80,7 @@ def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, k
     meta: JSON written by rank 0 (the resume fingerprint)."""
     root = checkpoints_dir(output_dir)
     tag = step_tag(step)
-    partial = tag + faults.PARTIAL
+    partial = tag + PARTIAL
     previous = latest_tag(output_dir)
     try:
         if dist.get_rank() == 0:
@@ -86,15 +91,15 @@ def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, k
                    os.path.join(root, partial, f"rng_rank{dist.get_rank()}.pt"))
         if export:
             export_hf(engine, tokenizer, os.path.join(root, partial, "hf"))
-        faults.inject("save", step, os.path.join(root, partial))
+        inject("save", step, os.path.join(root, partial))
         dist.barrier()
         if dist.get_rank() == 0:
-            faults.write_text_atomic(os.path.join(root, partial, "minidpo.json"),
+            write_text_atomic(os.path.join(root, partial, "minidpo.json"),
                                      json.dumps({"step": step, **(meta or {})}, indent=2))
-            faults.commit_folder(os.path.join(root, partial), os.path.join(root, tag))
-            faults.write_text_atomic(os.path.join(root, "latest"), tag)
+            commit_folder(os.path.join(root, partial), os.path.join(root, tag))
+            write_text_atomic(os.path.join(root, "latest"), tag)
     except OSError as e:
-        raise faults.save_failed(e.filename or os.path.join(root, partial), e,
+        raise save_failed(e.filename or os.path.join(root, partial), e,
                                  previous and os.path.join(root, previous)) from e
     dist.barrier()
     if dist.get_rank() == 0:
@@ -124,15 +129,15 @@ def check_resume(cfg, fingerprint: dict, log) -> bool:
     checkpoint exists yet (the run was killed before its first save): the run starts from step 0."""
     root = checkpoints_dir(cfg.output_dir)
     if dist.get_rank() == 0:
-        faults.clean_incomplete(root, log)
-        faults.clean_incomplete(cfg.output_dir, log)  # export.partial
+        clean_incomplete(root, log)
+        clean_incomplete(cfg.output_dir, log)  # export.partial
     dist.barrier()
     path = latest_path(cfg.output_dir)
     if path is None:
         log(f"minidpo: --resume: no complete checkpoint in {root} yet: starting from step 0")
         return False
     meta = checkpoint_meta(cfg.output_dir) or {}
-    changes = faults.check_fingerprint(meta.get("fingerprint"), fingerprint, cfg.resume_allow_changes, path)
+    changes = check_fingerprint(meta.get("fingerprint"), fingerprint, cfg.resume_allow_changes, path)
     if changes:
         log(f"minidpo: resuming {path} with changed settings (allowed): {'; '.join(changes)}")
     return True
@@ -164,3 +169,76 @@ def resume(engine, output_dir: str) -> dict:
         _set_rng_state(state)
         client_state = {**client_state, "rank_state": state.get("rank_state", {})}
     return client_state
+
+
+def save_failed(path: str, error: OSError, previous: str | None) -> FaultError:
+    what = error.strerror or str(error)
+    intact = f"; the previous checkpoint {previous} is intact" if previous else "; no earlier checkpoint exists"
+    return FaultError(f"cannot save the checkpoint to {path}: {what} (free space or fix permissions, then "
+                      f"resume with --resume true){intact}")
+
+
+# --- resume fingerprint ------------------------------------------------------------------------------
+
+def content_hash(path: str | None) -> str | None:
+    """sha256 of a file's bytes, or of a folder's relative file names and bytes."""
+    if path is None:
+        return None
+    h = hashlib.sha256()
+    files = [path] if os.path.isfile(path) else sorted(
+        os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+    for name in files:
+        h.update(os.path.relpath(name, path).encode() + b"\0")
+        with open(name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def fingerprint_keys(config_cls) -> list[str]:
+    """The settings a resumed run must share, from the config's sections (minidpo.config: "resume")."""
+    names = dict.fromkeys(n for section in config_cls.sections() for n in section.__dataclass_fields__)
+    keys = [n for n in names if config_cls.resume_rule(n) != "free"]
+    content = [n for n in keys if config_cls.resume_rule(n) == "content"]
+    return [*content, "world_size", *(n for n in keys if n not in content)]
+
+
+def fingerprint(cfg, world_size: int) -> dict:
+    """What a resumed run must share with the run that saved the checkpoint: the bytes of its data and
+    models, the world size, and every setting whose section says it must stay the same."""
+    fp = {"world_size": world_size}
+    for name in fingerprint_keys(type(cfg)):
+        if name == "world_size":
+            continue
+        value = getattr(cfg, name)
+        fp[name] = (content_hash(value) if value else None) if type(cfg).resume_rule(name) == "content" else value
+    return json.loads(json.dumps(fp))  # tuples -> lists, as read back from JSON
+
+
+def allowed_changes(text: str, keys: list[str]) -> set[str]:
+    names = {n.strip() for n in text.split(",") if n.strip()}
+    if "all" in names:
+        return set(keys)
+    unknown = sorted(names - set(keys))
+    if unknown:
+        raise ConfigError(f"--resume_allow_changes: unknown name(s) {', '.join(unknown)}; "
+                          f"choose from all, {', '.join(keys)}")
+    return names
+
+
+def check_fingerprint(saved: dict | None, current: dict, allow: str, where: str) -> list[str]:
+    """Raise ConfigError naming every difference not allowed; returns the allowed ones (for a log line)."""
+    if saved is None:
+        return []
+    keys = list(current)
+    allowed = allowed_changes(allow, keys)
+    diffs = [k for k in keys if k in saved and saved[k] != current.get(k)]
+
+    def show(k):
+        label = f"{k} content" if k in ("data", "model", "ref_model") else k
+        return f"{label} ({saved[k]} -> {current.get(k)})"
+    refused = [k for k in diffs if k not in allowed]
+    if refused:
+        raise ConfigError(f"--resume: {where} was saved with other settings: {'; '.join(show(k) for k in refused)}. "
+                          f"If intended, pass --resume_allow_changes {','.join(refused)}")
+    return [show(k) for k in diffs]

@@ -5,15 +5,18 @@
 
 Subcommands are registered in COMMANDS: each entry is a function that receives the `add_subparsers()`
 object, adds its parser(s) and sets `func=` (called with the parsed args, returns an exit code).
-Keep imports of heavy modules (torch, transformers) inside the `func`s so `minidpo --help` stays fast.
-To add e.g. `minidpo eval`, write `add_eval_command(subparsers)` and append it to COMMANDS.
+Errors a user can fix are one `minidpo: error: ...` line (minidpo.errors.run_cli). The `func`s import
+torch / transformers code themselves: heavy, and `minidpo --help` should answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
+
+from minidpo.errors import ConfigError, run_cli, set_offline_environment
 
 
 def _add_data_command(subparsers) -> None:
@@ -43,24 +46,19 @@ def _add_data_command(subparsers) -> None:
 
 
 def _data_inspect(args) -> int:
-    from minidpo.data.inspect import inspect_report
+    from minidpo.data.inspect import inspect_report  # heavy (tokenizers): see the module docstring
+    from minidpo.models import load_tokenizer  # the one loader: local files only, pad = EOS when missing
 
     tokenizer = None
     if args.model:
-        import os
-
         if not os.path.isdir(args.model):
-            print(f"minidpo: error: --model {args.model!r} is not a folder (give a local model or tokenizer "
-                  "folder; nothing is downloaded)", file=sys.stderr)
-            return 2
-        from minidpo.models import load_tokenizer  # the one loader: local files only, pad = EOS when missing
-
+            raise ConfigError(f"--model {args.model!r} is not a folder (give a local model or tokenizer "
+                              "folder; nothing is downloaded)")
         try:
             tokenizer = load_tokenizer(args.model)
         except ValueError as e:
-            print(f"minidpo: error: cannot load a tokenizer from {args.model!r} (a local folder with "
-                  f"tokenizer files is needed; nothing is downloaded): {e}", file=sys.stderr)
-            return 2
+            raise ConfigError(f"cannot load a tokenizer from {args.model!r} (a local folder with tokenizer files "
+                              f"is needed; nothing is downloaded): {e}") from None
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     report, pairs = inspect_report(args.file, tokenizer, max_length=args.max_length,
                                    max_prompt_length=args.max_prompt_length, data_format=args.data_format,
@@ -103,17 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_offline_environment()
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except ValueError as e:  # DataError and bad settings: a message for people, not a traceback
-        print(f"minidpo: error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `minidpo data inspect ... | head`
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    return run_cli(lambda: args.func(args) or 0, prefix="minidpo: error: ")
 
 
 if __name__ == "__main__":

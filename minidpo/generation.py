@@ -27,6 +27,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from minidpo.data import ChatEncoder
+from minidpo.logprobs import forward_kwargs
+from minidpo.models import pad_id as tokenizer_pad_id
+from minidpo.models import stop_ids as tokenizer_stop_ids
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
@@ -69,8 +74,6 @@ def prompt_ids_for(tokenizer, messages: list[dict], encoder=None) -> list[int]:
     """Token ids of a chat prompt, ending where the assistant's answer starts (as in training).
 
     `encoder`: a `minidpo.data.ChatEncoder(tokenizer)` to reuse over many prompts (optional)."""
-    from minidpo.data import ChatEncoder
-
     encoder = encoder or ChatEncoder(tokenizer)
     return [int(t) for t in encoder.encode_prompt_response(messages, "")[0]]
 
@@ -124,9 +127,8 @@ def _forward_keywords(model) -> tuple[str, bool]:
     """(name of the KV-cache keyword, whether `logits_to_keep` is taken), from the one per-class lookup
     of a forward's keywords in `minidpo.logprobs`. The cache keyword is `cache` in recent transformers 5
     releases, `past_key_values` before."""
-    from minidpo.logprobs import _forward_kwargs
 
-    params = _forward_kwargs(model)
+    params = forward_kwargs(model)
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
@@ -203,9 +205,7 @@ class Decoder:
 
 
 def _default_stop_ids(tokenizer):
-    from minidpo.models import stop_ids
-
-    return stop_ids(tokenizer)
+    return tokenizer_stop_ids(tokenizer)
 
 
 def generate_ids(model, tokenizer, prompts_ids: list[list[int]], *, settings: SamplingSettings | None = None,
@@ -215,8 +215,6 @@ def generate_ids(model, tokenizer, prompts_ids: list[list[int]], *, settings: Sa
     settings: a SamplingSettings (default `DEFAULTS`); keyword overrides (temperature=0, seed=3, ...)
     replace single fields. stop_ids / pad_id default to `minidpo.models.stop_ids(tokenizer)` / its pad.
     """
-    from minidpo.models import pad_id as tokenizer_pad_id
-
     settings = SamplingSettings(**{**(settings or DEFAULTS).to_dict(), **overrides}).check()
     stops = _default_stop_ids(tokenizer) if stop_ids is None else stop_ids
     pad = tokenizer_pad_id(tokenizer) if pad_id is None else pad_id
@@ -247,8 +245,6 @@ def generate(model, tokenizer, prompts_messages: list[list[dict]], *, settings: 
 
     Deterministic for a given (model, prompt, settings, seed); greedy when temperature == 0.
     """
-    from minidpo.data import ChatEncoder
-
     encoder = ChatEncoder(tokenizer)
     stops = _default_stop_ids(tokenizer) if stop_ids is None else stop_ids
     prompts_ids = [prompt_ids_for(tokenizer, m, encoder) for m in prompts_messages]

@@ -211,7 +211,7 @@ def _forward_parameters(module_type: type) -> frozenset:
     return frozenset(inspect.signature(module_type.forward).parameters)
 
 
-def _forward_kwargs(model) -> frozenset:
+def forward_kwargs(model) -> frozenset:
     """The keyword arguments the (DeepSpeed-wrapped) model's forward takes; looked up once per class."""
     return _forward_parameters(type(_inner_model(model)))
 
@@ -221,7 +221,7 @@ def _fused_head(model):
     final hidden states from, `logits_to_keep` to skip the model's own head, and a weight that is not
     partitioned by ZeRO-3 (it is only gathered inside the head's own forward). Else None."""
     module = _inner_model(model)
-    if getattr(module, "_minidpo_fused_head", True) is False or "logits_to_keep" not in _forward_kwargs(model):
+    if getattr(module, "_minidpo_fused_head", True) is False or "logits_to_keep" not in forward_kwargs(model):
         return None
     get_decoder = getattr(module, "get_decoder", None)
     head = module.get_output_embeddings() if hasattr(module, "get_output_embeddings") else None
@@ -280,7 +280,7 @@ def packed_logps(model, batch: dict, reduction: str):
     per_token = _logprobs_from_final_hidden(model, kwargs, torch.where(answer, source, 0), input_ids)
     if per_token is None:
         first = int(torch.where(answer, source, input_ids.shape[1]).min())  # earliest position whose logits count
-        if "logits_to_keep" in _forward_kwargs(model):
+        if "logits_to_keep" in forward_kwargs(model):
             kwargs["logits_to_keep"] = input_ids.shape[1] - first
         else:
             first = 0

@@ -14,6 +14,10 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from minidpo.fsutil import write_text_atomic
 
 # per-pair quantities summed over pairs; each TRL name -> our accumulator key
 PAIR_MEANS = {
@@ -38,8 +42,6 @@ def peak_memory_gb() -> float:
 def progress(iterable, *, total: int | None = None, desc: str, enabled: bool = True, unit: str = "it"):
     """A progress bar with rate and ETA on stderr (rank 0 only: pass enabled=rank == 0) for any pass
     that can take more than a few seconds."""
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, mininterval=1.0)
 
 
@@ -56,13 +58,7 @@ class MetricTracker:
         self.writer = self.jsonl = self.bar = None
         if rank != 0:
             return
-        from tqdm.auto import tqdm
-
-        from minidpo.faults import after_last_event_file, truncate_metrics
-
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             after_last_event_file(os.path.join(output_dir, "tensorboard"))
             # purge_step: events of steps a resumed run writes again are dropped when TensorBoard reads them
             self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
@@ -169,3 +165,35 @@ class MetricTracker:
             self.jsonl.close()
             if self.writer is not None:
                 self.writer.close()
+
+
+# --- after a resume: each step's row exactly once -------------------------------------------------
+
+def truncate_metrics(path: str, last_step: int) -> int:
+    """Keep the metrics.jsonl rows of steps <= last_step (the rows a resumed run will write again are
+    dropped); returns how many were dropped."""
+    if not os.path.isfile(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    keep = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= last_step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+        except (ValueError, KeyError, TypeError):  # a half-written last line of a killed run
+            continue
+    write_text_atomic(path, "".join(keep))
+    return len(lines) - len(keep)
+
+
+def after_last_event_file(folder: str) -> None:
+    """TensorBoard reads a folder's event files in name order, whose first key is the writer's start
+    second: a resumed run's writer must start in a later second than the killed one's, or its purge
+    comes first and the killed run's rows stay visible. Waits at most a second."""
+    if not os.path.isdir(folder):
+        return
+    stamps = [int(n.split(".")[3]) for n in os.listdir(folder)
+              if n.startswith("events.out.tfevents.") and n.split(".")[3].isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)

@@ -12,34 +12,33 @@ below sees a Hugging Face folder. Problems are `ModelError`s: one line naming th
   still stops sampling where training taught the model to stop.
 - pad id: the tokenizer's pad token, else its EOS (padding is always masked, any id will do).
 - device "auto": CUDA when torch sees one, else CPU; dtype "auto": bf16 (fp16 without bf16) on a GPU,
-  fp32 on a CPU. Names as in the run config (bf16 | fp16 | fp32); the app's old float32 / bfloat16 /
-  float16 are accepted for one release.
+  fp32 on a CPU. Names as in the run config (bf16 | fp16 | fp32).
+- one loading rule for every reader (trainer, eval, app): safetensors weights, or a folder whose weights
+  are only a pickle (`pytorch_model.bin`) when the caller allows it (--allow_pickle_weights).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from minidpo.config import ConfigError
+from minidpo.config import DTYPES as DTYPE_NAMES
+from minidpo.config import LossSettings
+from minidpo.data import ChatEncoder
+from minidpo.errors import ConfigError, ModelError, first_line
+from minidpo.sources import hf_folder
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPES = dict(zip(DTYPE_NAMES, (torch.bfloat16, torch.float16, torch.float32)))
 DTYPE_CHOICES = ("auto", *DTYPES)
-OLD_DTYPE_NAMES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}  # the app's spellings before 0.2
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-DEFAULT_BETA = 0.1  # the trainer's default (RunConfig.beta)
-
-
-class ModelError(ConfigError):
-    """A model cannot be used for inference; the message names the role, the path and what to do."""
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+DEFAULT_BETA = LossSettings.beta  # the trainer's default
+SAFE_WEIGHTS = (".safetensors", ".safetensors.index.json")
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -51,7 +50,6 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    name = OLD_DTYPE_NAMES.get(name, name)
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -72,8 +70,6 @@ def check_model_folder(path, role: str = "model", *, tokenizer: str | None = Non
         raise ModelError(f"{role} model folder {path} has no config.json (is it a Hugging Face export?)")
     if tokenizer is None and not any((path / name).is_file() for name in TOKENIZER_FILES):
         raise ModelError(f"{role} model folder {path} has no tokenizer files (tokenizer.json); pass --tokenizer DIR")
-    from transformers import AutoConfig
-
     try:  # cheap, and catches a broken folder before minutes of loading the other model's weights
         AutoConfig.from_pretrained(path, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - turned into one line for people
@@ -83,8 +79,6 @@ def check_model_folder(path, role: str = "model", *, tokenizer: str | None = Non
 
 def load_tokenizer(path, role: str = "model"):
     """The tokenizer in `path` (local files only), with a pad token (its EOS when it has none)."""
-    from transformers import AutoTokenizer
-
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - turned into one line for people
@@ -104,8 +98,6 @@ def pad_id(tokenizer) -> int:
 
 def stop_ids(tokenizer, model=None) -> frozenset[int]:
     """EOS of the tokenizer (and of the model's configs) plus the chat template's end-of-turn token."""
-    from minidpo.data import ChatEncoder
-
     ids: set[int] = set()
     for source in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)
@@ -117,10 +109,22 @@ def stop_ids(tokenizer, model=None) -> frozenset[int]:
     return frozenset(int(i) for i in ids)
 
 
-def load_weights(path, *, dtype: torch.dtype = torch.float32, role: str = "model"):
-    """The causal LM in the Hugging Face folder `path` (local files only)."""
-    from transformers import AutoModelForCausalLM
+def refuse_pickle_only(path, allow: bool) -> None:
+    """A folder whose weights exist only as a pickle (`pytorch_model.bin`) is refused: unpickling can run
+    code. transformers reads it with torch.load(weights_only=True), which --allow_pickle_weights accepts."""
+    if allow or not os.path.isdir(path):
+        return
+    names = os.listdir(path)
+    if any(n.endswith(SAFE_WEIGHTS) for n in names):
+        return
+    if any(n in PICKLE_WEIGHTS or (n.startswith("pytorch_model-") and n.endswith(".bin")) for n in names):
+        raise ConfigError(f"{path}: weights only as a pickle (pytorch_model.bin), which can run code when loaded; "
+                          "convert it to safetensors, or pass --allow_pickle_weights true if you trust its source")
 
+
+def load_weights(path, *, dtype: torch.dtype = torch.float32, role: str = "model", allow_pickle: bool = False):
+    """The causal LM in the Hugging Face folder `path` (local files only), under the one loading rule."""
+    refuse_pickle_only(path, allow_pickle)
     try:
         return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, local_files_only=True)
     except Exception as exc:  # noqa: BLE001 - turned into one line for people
@@ -149,20 +153,18 @@ class LoadedModel:
 
 
 def load_model(source, role: str = "model", *, tokenizer: str | None = None, device: str = "auto",
-               dtype: str = "auto") -> LoadedModel:
+               dtype: str = "auto", allow_pickle: bool = False) -> LoadedModel:
     """Resolve `source` to a Hugging Face folder, check it, and load model + tokenizer for inference.
 
     tokenizer: a tokenizer folder, for sources that carry none (a bare MiniMind .pth), or to use instead
     of a folder's own tokenizer files when it has none.
     """
-    from minidpo.sources import hf_folder
-
     folder = check_model_folder(hf_folder(str(source), tokenizer=tokenizer, role=f"--{role.lower()}"), role,
                                 tokenizer=tokenizer)
     tok_folder = folder if any((folder / n).is_file() for n in TOKENIZER_FILES) else Path(tokenizer)
     dev = pick_device(device)
     tok = load_tokenizer(tok_folder, role)
-    model = load_weights(folder, dtype=pick_dtype(dtype, dev), role=role)
+    model = load_weights(folder, dtype=pick_dtype(dtype, dev), role=role, allow_pickle=allow_pickle)
     model.to(dev).eval()
     try:
         stops = stop_ids(tok, model)
@@ -200,3 +202,30 @@ def resolve_beta(flag: float | None, dpo_dir, *, default: float = DEFAULT_BETA) 
         if isinstance(beta, (int, float)) and beta > 0:
             return float(beta), str(path)
     return default, f"default {default:g} (no run_config.json next to {dpo_dir})"
+
+
+# --- the trainer's models --------------------------------------------------------------------------
+
+def load_causal_lm(path: str, *, trainable: bool, activation_checkpointing: int = 0, allow_pickle: bool = False):
+    """A local Hugging Face causal LM, loaded in float32 (DeepSpeed casts to the training precision).
+    activation_checkpointing n > 0: every n-th decoder layer keeps only its input and recomputes the
+    rest in the backward (n = 1: all layers, about a third more compute for much less activation memory)."""
+    model = load_weights(path, dtype=torch.float32, allow_pickle=allow_pickle)
+    model.config.use_cache = False
+    if trainable:
+        model.train()
+        if activation_checkpointing:
+            enable_activation_checkpointing(model, int(activation_checkpointing))
+    return model
+
+
+def enable_activation_checkpointing(model, every_n_layers: int) -> None:
+    if not model.supports_gradient_checkpointing:
+        raise ConfigError(f"--activation_checkpointing: {type(model).__name__} does not support it")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+    elif every_n_layers == 1:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        raise ConfigError("--activation_checkpointing n > 1 needs a newer transformers; use 1 (every layer)")

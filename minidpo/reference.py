@@ -16,12 +16,13 @@ import os
 import torch
 import torch.distributed as dist
 
-from minidpo.data import collate_pairs
-from minidpo.data.collate import collate_packed, padded_length
+from minidpo.data.collate import collate_packed, collate_pairs, padded_length
+from minidpo.fsutil import atomic_file, cache_dir
+from minidpo.lora import reference_adapter
 from minidpo.logprobs import pair_logps
 from minidpo.metrics import progress
 
-CACHE_DIR = os.path.join(".cache", "minidpo", "ref_logps")
+CACHE_DIR = cache_dir("ref_logps")
 
 
 def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str, adapter: str | None = None) -> str:
@@ -39,13 +40,13 @@ def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str, adap
 
 @torch.no_grad()
 def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id: int, reduction: str,
-                            device, rank: int = 0, world_size: int = 1, collate=collate_pairs,
+                            device, rank: int = 0, world_size: int = 1, packed: bool = False,
                             pairs=None) -> torch.Tensor:
     """(N, 2) float32 table of [log ref(chosen|x), log ref(rejected|x)] for the pairs `pairs` (indices,
     the same on every rank; default: all of `dataset`); the other rows stay 0.
     Each rank scores every world_size-th pair (length-sorted batches), then one all-reduce joins them."""
     table = torch.zeros(len(dataset), 2, dtype=torch.float32)
-    packed = collate is collate_packed
+    collate = collate_packed if packed else collate_pairs
     pairs = range(len(dataset)) if pairs is None else list(pairs)
     mine = sorted(pairs[rank::world_size], key=lambda i: padded_length(dataset[i], packed))
     n_batches = -(-len(mine) // batch_size)
@@ -66,13 +67,11 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
 
 
 def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_id: int, device, rank: int,
-                                    world_size: int, collate=collate_pairs, log=print, pairs=None) -> torch.Tensor:
+                                    world_size: int, packed: bool = False, log=print, pairs=None) -> torch.Tensor:
     """The table for the pairs the run trains on (`pairs`, indices; default all): the cached rows where
     the cache has them, the missing ones computed with `make_reference()` (an engine built only then,
     and released on return) and added to the cache by rank 0. The cache is one (N, 2) table per key,
     NaN on rows never scored, so a longer run later scores only the pairs it adds."""
-    from minidpo.lora import reference_adapter
-
     key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction, reference_adapter(cfg))
     path = os.path.join(CACHE_DIR, f"{key}.pt")
     found = torch.tensor([int(os.path.isfile(path))])
@@ -90,13 +89,12 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
         return table
     scored = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
                                      reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size,
-                                     collate=collate, pairs=missing)
+                                     packed=packed, pairs=missing)
     gc.collect()  # the engine holds reference cycles: free its weights now, before training allocates
     table[missing] = scored[missing]
     if rank == 0:
-        os.makedirs(CACHE_DIR, exist_ok=True)
-        torch.save(table, path + ".tmp")
-        os.replace(path + ".tmp", path)
+        with atomic_file(path) as tmp:
+            torch.save(table, tmp)
         log(f"reference log-probs: computed for {len(missing)} of the {int(needed.sum())} pairs trained on "
             f"({len(dataset)} in the data), cached in {path}")
     return table

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from minidpo.data import TokenizedPair, collate_pairs
+from minidpo.data import ChatEncoder, TokenizedPair, collate_pairs
 from minidpo.logprobs import sequence_logprobs
+from minidpo.models import pad_id
 
 
 def _model_device(model) -> torch.device:
@@ -64,8 +65,6 @@ def score_rows(model, rows: list[tuple[list[int], list[int]]], pad_id: int, *, r
 
 def encode_responses(tokenizer, prompt_messages: list[dict], responses: list[str], encoder=None):
     """(prompt_ids, response_ids) rows for answers to one prompt, tokenized as in training."""
-    from minidpo.data import ChatEncoder
-
     encoder = encoder or ChatEncoder(tokenizer)
     return [tuple(map(list, encoder.encode_prompt_response(prompt_messages, r))) for r in responses]
 
@@ -93,8 +92,6 @@ def response_logprobs(
     Returns:
         (len(responses),) float32 tensor on the CPU.
     """
-    from minidpo.models import pad_id
-
     if not responses:
         return torch.zeros(0, dtype=torch.float32)
     rows = encode_responses(tokenizer, prompt_messages, responses)

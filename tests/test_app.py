@@ -15,15 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `app/` lives at 
 
 from conftest import build_tiny_model_dir  # noqa: E402
 
-from app.compare import (  # noqa: E402
-    CheckpointError,
-    Comparer,
-    GenSettings,
-    load_model,
-    main,
-    resolve_model_dirs,
-    sample_next,
-)
+from app.compare import main, resolve_model_dirs  # noqa: E402
+from app.handlers import Comparer  # noqa: E402
+from minidpo.errors import ModelError  # noqa: E402
+from minidpo.generation import SamplingSettings, sample_next  # noqa: E402
+from minidpo.models import load_model  # noqa: E402
 from minidpo.data import encode_prompt_response, load_preference_data  # noqa: E402
 from minidpo.scoring import implicit_rewards, response_logprobs  # noqa: E402
 
@@ -57,10 +53,10 @@ def _fake_export(path: Path) -> Path:
 
 
 def test_default_dirs_say_what_to_run(tmp_path):
-    with pytest.raises(CheckpointError, match="make sft"):
+    with pytest.raises(ModelError, match="make sft"):
         resolve_model_dirs(runs_dir=str(tmp_path))
     sft = _fake_export(tmp_path / "sft" / "export")
-    with pytest.raises(CheckpointError, match="make train"):
+    with pytest.raises(ModelError, match="make train"):
         resolve_model_dirs(runs_dir=str(tmp_path))
     old = _fake_export(tmp_path / "dpo" / "export")
     new = _fake_export(tmp_path / "dpo-lora" / "export-step200")
@@ -121,11 +117,11 @@ def test_sampler_filters():
     logits = torch.tensor([0.0, 5.0, 4.0, -1.0])
     g = torch.Generator().manual_seed(0)
     seen = torch.tensor([], dtype=torch.long)
-    assert sample_next(logits, seen, GenSettings(temperature=0), g) == 1
-    assert {sample_next(logits, seen, GenSettings(top_k=1), g) for _ in range(20)} == {1}
-    assert {sample_next(logits, seen, GenSettings(top_k=0, top_p=0.5), g) for _ in range(20)} == {1}
+    assert sample_next(logits, seen, SamplingSettings(temperature=0), g) == 1
+    assert {sample_next(logits, seen, SamplingSettings(top_k=1), g) for _ in range(20)} == {1}
+    assert {sample_next(logits, seen, SamplingSettings(top_k=0, top_p=0.5), g) for _ in range(20)} == {1}
     # a strong repetition penalty on token 1 makes greedy pick token 2
-    assert sample_next(logits, torch.tensor([1]), GenSettings(temperature=0, repetition_penalty=2.0), g) == 2
+    assert sample_next(logits, torch.tensor([1]), SamplingSettings(temperature=0, repetition_penalty=2.0), g) == 2
 
 
 def test_compare_streams_both_columns_with_stats(comparer):

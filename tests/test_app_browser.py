@@ -38,7 +38,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):
-    from app.compare import Comparer, build_app, launch_kwargs
+    from app.handlers import Comparer
+    from app.layout import build_app, launch_kwargs
 
     dpo_dir = build_tiny_model_dir(tmp_path_factory.mktemp("tiny_dpo_browser"), seed=1)
     votes = tmp_path_factory.mktemp("votes") / "votes.jsonl"
@@ -96,7 +97,7 @@ def test_compare_in_the_browser(page, tmp_path, monkeypatch):
     # tokens faster than a click lands, so pace it to ~10 ms a token for this part.
     import time as _time
 
-    from app.compare import Stream
+    from app.session import Stream
 
     original_step = Stream.step
 

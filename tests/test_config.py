@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from minidpo.config import ConfigError, RunConfig, parse_config, reference_ds_config, resolve_ds_config, validate
+from minidpo.config import RunConfig, parse_config, validate
+from minidpo.ds_config import reference_ds_config, resolve_ds_config
+from minidpo.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,10 +107,34 @@ def test_cli_bad_input_is_one_line_before_heavy_work(tmp_path, tiny_model_dir):
 
 
 def test_schedule_warms_up_linearly_then_decays_by_cosine_to_the_floor():
-    from minidpo.engine import warmup_cosine
+    from minidpo.schedule import warmup_cosine
 
     ratio = warmup_cosine(total_steps=12, warmup_steps=4, min_lr_ratio=0.1)
     assert [ratio(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
     assert ratio(8) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))  # halfway: 0.55
     assert ratio(12) == pytest.approx(0.1) and ratio(50) == pytest.approx(0.1)
     assert warmup_cosine(10, 0, 0.0)(0) == pytest.approx(1.0)  # no warmup: the first step has the full lr
+
+
+def test_sft_config_has_no_dpo_settings_and_help_is_grouped(tmp_path):
+    from minidpo.config import SFTConfig, build_arg_parser
+
+    sft_flags = {flag for action in build_arg_parser(SFTConfig)._actions for flag in action.option_strings}
+    assert {"--learning_rate", "--save_interval", "--resume", "--max_tokens_per_batch"} <= sft_flags
+    for dpo_only in ("--beta", "--loss_type", "--lora_r", "--ref_model", "--precompute_ref", "--rpo_alpha"):
+        assert dpo_only not in sft_flags
+    assert "The preference objective" in build_arg_parser(RunConfig).format_help()  # flags listed by section
+    bad = write(tmp_path, "sft.yaml", "beta: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown DPO-only setting.*beta"):
+        parse_config(["--config", bad], SFTConfig)
+
+
+def test_the_resume_fingerprint_follows_the_sections():
+    from minidpo.checkpoint import fingerprint_keys
+
+    keys = fingerprint_keys(RunConfig)
+    assert keys[:4] == ["model", "data", "ref_model", "world_size"]  # content hashes first
+    for same in ("beta", "loss_type", "batch_size", "learning_rate", "adam_betas", "lora_r", "max_length", "seed"):
+        assert same in keys
+    for free in ("output_dir", "save_interval", "resume", "dist_timeout", "precompute_ref", "tokenizer"):
+        assert free not in keys

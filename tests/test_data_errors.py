@@ -1,12 +1,19 @@
-"""Bad input: each problem is a DataError (a ValueError) naming file, line and field; skip mode counts it."""
+"""Bad input: each problem is a DataError (a ValueError) naming file, line and field; skip mode counts it.
+A tokenizer that cannot encode the data is one ModelError line naming its folder."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from minidpo.data import DataError, iter_pairs, load_preference_data
+from minidpo.cli import main
+from minidpo.data import ChatEncoder, iter_pairs, load_preference_data
+from minidpo.errors import DataError, ModelError
+from minidpo.models import load_tokenizer
+from minidpo.tokenizer import CHATML_TEMPLATE
 
 GOOD = {"prompt": "What is photosynthesis?", "chosen": "Plants turn light into energy.", "rejected": "No idea."}
 
@@ -104,8 +111,6 @@ def test_unknown_format_and_bad_override(tmp_path):
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -173,3 +178,43 @@ def test_json_layouts_minified_wrapped_and_single_object(tmp_path):
     one.write_text(json.dumps(GOOD, indent=2))
     (rec, fmt, pair), = iter_pairs(one)
     assert (rec.source, fmt, pair.chosen) == ("one.json:1", "prompt", GOOD["chosen"])
+
+
+@pytest.fixture
+def word_level_dir(tmp_path):
+    """A WordLevel vocabulary without an unknown token: it encodes its own words only (not "hi")."""
+    words = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "user", "assistant", "hello", "yes", "no"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHATML_TEMPLATE
+    folder = tmp_path / "word-level"
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_a_tokenizer_that_cannot_encode_the_data_is_one_line(word_level_dir, tmp_path, capsys):
+    tok = load_tokenizer(word_level_dir)
+    for mode in ("auto", "none"):  # the template probe needs no word of the vocabulary
+        assert ChatEncoder(tok, mode).eos_id == tok.convert_tokens_to_ids("<|im_end|>")
+    enc = ChatEncoder(tok)
+    assert enc.end_id == tok.eos_token_id and enc.marker == "<|im_start|>"
+    answer = enc.encode_prompt_response([{"role": "user", "content": "hello"}], "yes")[1]
+    assert answer == tok.convert_tokens_to_ids(["yes", "<|im_end|>"])
+    with pytest.raises(ModelError) as e:
+        enc.encode_prompt_response([{"role": "user", "content": "hi"}], "yes")
+    assert str(e.value).startswith(f"{word_level_dir}: its tokenizer cannot encode ")
+    assert "Missing [UNK] token" in str(e.value) and "\n" not in str(e.value)
+
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text(json.dumps({"prompt": "hello", "chosen": "yes", "rejected": "no"}) + "\n")
+    bad.write_text(json.dumps({"prompt": "hi there", "chosen": "yes", "rejected": "no"}) + "\n")
+    assert main(["data", "inspect", str(good), "--model", word_level_dir, "--color", "never"]) == 0
+    assert "1 pairs kept" in capsys.readouterr().out
+    for mode in ("auto", "none"):
+        assert main(["data", "inspect", str(bad), "--model", word_level_dir, "--chat_template", mode]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"{word_level_dir}: its tokenizer cannot encode the text of bad.jsonl:1" in err
+        assert "Missing [UNK] token" in err and "Traceback" not in err

@@ -1,5 +1,5 @@
 """Preference data as the hubs ship it: HH-RLHF transcripts, UltraFeedback-binarized, Parquet files and
-Arrow folders give the same pairs and token ids as the seed format for the same conversations;
+Arrow folders give the same pairs and token ids as the prompt format for the same conversations;
 chat_template none encodes raw prompt + answer + EOS as TRL does for string data; a prompt that is
 already templated is not templated twice; errors name file, record and field; `data inspect` shows the
 template and fails when no pair is left."""
@@ -10,9 +10,12 @@ import json
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from minidpo.cli import main
-from minidpo.data import DataError, iter_pairs, load_preference_data
+from minidpo.config import RunConfig, validate
+from minidpo.data import iter_pairs, load_preference_data
+from minidpo.errors import ConfigError, DataError
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = json.loads((DATA / "expected_pairs.json").read_text(encoding="utf-8"))
@@ -20,8 +23,6 @@ EXPECTED = json.loads((DATA / "expected_pairs.json").read_text(encoding="utf-8")
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -37,7 +38,7 @@ def records(name):
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """A hub-style Parquet shard and a `datasets.save_to_disk` folder of the UltraFeedback fixture."""
-    import datasets
+    import datasets  # heavy to import (the dev extra): only the tests that write shards need it
 
     root = tmp_path_factory.mktemp("shards")
     ds = datasets.Dataset.from_list(records("ultrafeedback.jsonl"))
@@ -71,14 +72,14 @@ def test_new_layouts_parse_to_the_same_pairs(name, shards):
 
 
 @pytest.mark.parametrize("name", ["hh.jsonl", "ultrafeedback.jsonl", "parquet", "parquet_folder", "arrow_folder"])
-def test_new_layouts_give_the_token_ids_of_the_seed_format(name, shards, tok):
-    """Same conversation, same ids: against the seed's {"prompt", "chosen", "rejected"} for the one-turn
-    pairs, and TRL's conversational form for the others (the seed format has no multi-turn prompts)."""
+def test_new_layouts_give_the_token_ids_of_the_prompt_format(name, shards, tok):
+    """Same conversation, same ids: against MiniMind's DPO tutorial format {"prompt", "chosen", "rejected"} for
+    the one-turn pairs, and TRL's conversational form for the others (that format has no multi-turn prompts)."""
     path, _, idx = new_layouts(shards)[name]
     ours = load(path, tok)
-    seed = load(DATA / "prompt.jsonl", tok)  # EXPECTED[0] and EXPECTED[2]
+    prompt_pairs = load(DATA / "prompt.jsonl", tok)  # EXPECTED[0] and EXPECTED[2]
     trl = load(DATA / "trl.jsonl", tok)  # EXPECTED[0..2]
-    reference = {0: seed[0], 1: trl[1], 2: seed[1]}
+    reference = {0: prompt_pairs[0], 1: trl[1], 2: prompt_pairs[1]}
     assert len(ours) == len(idx)
     for pair, i in zip(ours, idx):
         assert pair == reference[i]
@@ -98,7 +99,7 @@ def test_raw_template_is_prompt_plus_answer_plus_eos(tok, tmp_path):
     rows = [{"prompt": "Question: what is 12 + 7?\nAnswer:", "chosen": " 19.", "rejected": " 21."}]
     (tmp_path / "a.jsonl").write_text(json.dumps(rows[0]) + "\n", encoding="utf-8")
     (tmp_path / "b.jsonl").write_text((DATA / "hh.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
-    ds = load(tmp_path, tok, chat_template="none")  # a folder: the seed format, then HH transcripts
+    ds = load(tmp_path, tok, chat_template="none")  # a folder: the prompt format, then HH transcripts
     assert ds.stats.raw_pairs == 3 and ds.stats.template.startswith("none")
     prompts = [rows[0]["prompt"], "\n\nHuman: What is photosynthesis?\n\nAssistant: Plants turn light into chemical "
                "energy.\n\nHuman: Say it in Chinese.\n\nAssistant:", "\n\nHuman: Compute:\n12 + 7\n\nAssistant:"]
@@ -128,7 +129,7 @@ def test_raw_template_refuses_message_data_by_record(tok):
 
 
 def test_errors_name_file_record_and_field(tmp_path):
-    import datasets
+    import datasets  # as in shards()
 
     def first_error(path, **kw):
         return next(str(p) for _, _, p in iter_pairs(path, **kw) if isinstance(p, DataError))
@@ -174,8 +175,6 @@ def test_inspect_shows_format_and_template_and_fails_without_pairs(tiny_model_di
 
 
 def test_chat_template_setting_is_checked(tmp_path):
-    from minidpo.config import ConfigError, RunConfig, validate
-
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(ConfigError, match="--chat_template raw: choose one of auto, none"):
         validate(RunConfig(model=str(tmp_path), data=str(tmp_path), chat_template="raw", output_dir=str(tmp_path / "o")))

@@ -7,9 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from minidpo.data import (
-    DataError,
+    ChatEncoder,
     PreferencePair,
     TokenizedPair,
     collate_pairs,
@@ -18,7 +19,8 @@ from minidpo.data import (
     load_preference_data,
     truncate_pair,
 )
-from minidpo.data.tokenize import ChatEncoder
+from minidpo.errors import DataError
+from minidpo.tokenizer import CHATML_TEMPLATE
 
 DATA = Path(__file__).parent / "data"
 EXPECTED = json.loads((DATA / "expected_pairs.json").read_text(encoding="utf-8"))
@@ -36,8 +38,6 @@ FIXTURES = {
 
 @pytest.fixture(scope="module")
 def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-
     return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -120,8 +120,6 @@ def test_encode_prompt_response_matches_dataset(tok):
 
 
 def test_plain_fallback_template_without_chat_template(tiny_model_dir):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = None
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
@@ -211,8 +209,6 @@ def test_chat_encoder_finds_end_of_turn(tok):
 
 
 def _fresh_tok(tiny_model_dir, template):
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     tok.chat_template = template
     return tok
@@ -230,8 +226,6 @@ def test_template_with_another_end_of_turn_token(tiny_model_dir):
 
 
 def test_template_that_rejects_a_conversation_is_a_data_error(tiny_model_dir):
-    from minidpo.tokenizer import CHATML_TEMPLATE
-
     template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
                 "{% endif %}" + CHATML_TEMPLATE)
     tok = _fresh_tok(tiny_model_dir, template)

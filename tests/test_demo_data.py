@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from minidpo.demo.generate import AXES, LANGS, generate, main, read_jsonl, split_items, write_dataset
+from minidpo.demo.generate import AXES, LANGS, generate, item_lang, main, read_jsonl, split_items, write_dataset
 from minidpo.demo.judge import judge_record
+from minidpo.demo.templates import HARMFUL_VERBS, HARMLESS_VERBS, REFUSAL_PROMPTS, STRUCTURE_PROMPTS
 
 # Words that would mean a response (or a request) carries actionable harmful detail: tools, weapons,
 # substances, methods. None may appear anywhere in the data.
@@ -100,8 +101,6 @@ def test_heldout_knowledge_is_learnable_from_training():
     """A held-out prompt is new, but what answering it needs occurs in training: the verb and the object
     of a held-out request (in other combinations), a held-out topic (in the same language, asked in other
     words), a held-out sum (asked in the other language; arithmetic is not in the default data)."""
-    from minidpo.demo.generate import item_lang
-
     for axis in ("refusal", "structure"):
         tr, ho = split_items(axis, seed=0)
         assert {item_lang(i) for i in ho} == set(LANGS)
@@ -120,8 +119,6 @@ def test_heldout_knowledge_is_learnable_from_training():
 
 def test_harmful_and_harmless_requests_differ_only_in_the_verb():
     """Same templates, same objects: only the verb (a fixed vocabulary, in both splits) tells them apart."""
-    from minidpo.demo.generate import HARMFUL_VERBS, HARMLESS_VERBS, REFUSAL_PROMPTS, STRUCTURE_PROMPTS
-
     assert REFUSAL_PROMPTS == STRUCTURE_PROMPTS
     refusal_train, _ = split_items("refusal", seed=0)
     structure_train, _ = split_items("structure", seed=0)

@@ -6,7 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from minidpo.data import encode_prompt_response
 from minidpo.generation import generate, generate_ids, prompt_ids_for
 
 PROMPTS = [[{"role": "user", "content": c}] for c in
@@ -15,8 +17,6 @@ PROMPTS = [[{"role": "user", "content": c}] for c in
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
@@ -46,8 +46,6 @@ def test_greedy_matches_unbatched_and_uncached_decoding(tiny):
 
 
 def test_prompts_are_tokenized_like_training(tiny):
-    from minidpo.data import encode_prompt_response
-
     _, tok = tiny
     assert prompt_ids_for(tok, PROMPTS[0]) == list(encode_prompt_response(tok, PROMPTS[0], "x")[0])
 

@@ -9,7 +9,12 @@ import os
 import pytest
 
 from minidpo.config import RunConfig
-from minidpo.sft import SFTConfig, train_sft
+from minidpo.demo.generate import AXES, read_jsonl, write_dataset
+from minidpo.demo.judge import judge_heldout
+from minidpo.demo.presets import corpus_from_records, make_init_model
+from minidpo.eval import evaluate
+from minidpo.config import SFTConfig
+from minidpo.sft import train_sft
 from minidpo.train import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,11 +22,6 @@ pytestmark = pytest.mark.slow
 
 
 def test_sft_then_dpo_then_eval(tmp_path):
-    from minidpo.demo.generate import read_jsonl, write_dataset
-    from minidpo.demo.presets import corpus_from_records, make_init_model
-    from minidpo.demo.judge import judge_heldout
-    from minidpo.eval import evaluate
-
     data = tmp_path / "data"
     write_dataset(data, n_train=96, n_heldout=16)
     init = make_init_model(tmp_path / "init", "demo", corpus_from_records(read_jsonl(data / "train.jsonl")))
@@ -47,8 +47,6 @@ def test_sft_then_dpo_then_eval(tmp_path):
         assert 0.0 <= pref["logp_accuracy"][model] <= 1.0
     judged = result["judge"]
     assert judged["all"]["n"] == 8
-    from minidpo.demo.generate import AXES
-
     for axis in AXES:
         assert judged[axis]["n"] == 2, axis  # stratified over the axes
         assert 0 <= judged[axis]["dpo_pass"] <= judged[axis]["n"]
@@ -57,8 +55,8 @@ def test_sft_then_dpo_then_eval(tmp_path):
     assert kl["kl_sequence"] != 0.0  # DPO moved away from SFT
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "eval"))
 
-    # the app on the two exports: both columns answer the seed's harmful prompt, differently
-    from app.compare import Comparer
+    # the app on the two exports: both columns answer the app's harmful example prompt, differently
+    from app.handlers import Comparer  # gradio: heavy to import, only this last step needs it
     from app.examples import EXAMPLES
 
     harmful = EXAMPLES[1][0]

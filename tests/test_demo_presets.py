@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minidpo.demo.generate import generate
 from minidpo.demo.presets import PRESETS, build_model, corpus_from_records, make_init_model, tokenizer_training_pieces
@@ -46,8 +47,6 @@ def test_training_pieces_isolate_cjk_characters_and_digits():
 
 
 def test_make_init_model_writes_a_loadable_folder(tmp_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     train, _ = generate(seed=0, n_train=400, n_heldout=40)
     out = make_init_model(tmp_path / "init", "demo", corpus_from_records(train), seed=0)
     tok = AutoTokenizer.from_pretrained(out)

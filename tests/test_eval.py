@@ -1,5 +1,5 @@
 """minidpo.eval on tiny random models: every figure computed and in range, files written; the CLI's
-flags (new spellings and the old aliases); held-out data in the trainer's other formats."""
+flags; held-out data in the trainer's other formats."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 
 from minidpo.demo.generate import AXES, write_dataset
 from minidpo.demo.judge import judge_heldout
-from minidpo.eval import evaluate
-from minidpo.evaluate import main  # the old command name, kept as an alias (judges with the demo's judge)
+from minidpo.eval import evaluate, main
 
 FAST = dict(n_generate=16, max_new_tokens=8, n_kl=8, batch_size=8, judge=judge_heldout)
 
@@ -79,8 +78,9 @@ def test_two_different_models_and_cli(tiny_model_dir, heldout, tmp_path):
 
     other = build_tiny_model_dir(tmp_path / "other", seed=1)  # same tokenizer, other weights
     out = tmp_path / "cli"
-    res = main(["--sft", tiny_model_dir, "--dpo", str(other), "--data", heldout, "--out", str(out),
-                "--beta", "0.5", "--n-generate", "8", "--max-new-tokens", "6", "--n-kl", "4", "--seed", "3"])
+    res = main(["--sft", tiny_model_dir, "--dpo", str(other), "--data", heldout, "--output_dir", str(out),
+                "--beta", "0.5", "--n_generate", "8", "--max_new_tokens", "6", "--n_kl", "4", "--seed", "3",
+                "--judge", "minidpo.demo.judge:judge_heldout"])
     p = res["preference"]
     assert 0.0 < p["implicit_reward_accuracy"] < 1.0 and p["implicit_reward_ties"] == 0.0
     assert math.isfinite(res["kl"]["kl_sequence"]) and res["kl"]["kl_sequence"] != 0.0

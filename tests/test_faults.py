@@ -16,7 +16,9 @@ import time
 import pytest
 import torch
 
-from minidpo.config import ConfigError, RunConfig
+from minidpo.config import RunConfig
+from minidpo.errors import ConfigError
+from minidpo.fault_injection import plan
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Subprocesses run the test's own interpreter path (torchrun as `python -m torch.distributed.run`): DeepSpeed
@@ -289,7 +291,7 @@ def test_a_nan_loss_skips_the_update_and_is_counted(tmp_path, tiny_model_dir, pa
     changes neither the weights nor the Adam state; it is counted; the run goes on with finite numbers."""
     cache = tmp_path / "ref_cache"
     monkeypatch.setattr("minidpo.reference.CACHE_DIR", str(cache))
-    monkeypatch.setenv("MINIDPO_FAULT", "nan@loss:3")
+    monkeypatch.setattr("minidpo.fault_injection.PLANNED", plan("nan@loss:3"))
     out = tmp_path / f"nan{stage}"
     summary = train_here(tiny_model_dir, pairs_file, out, deepspeed=f"{ROOT}/ds_configs/zero{stage}.json",
                          max_steps=4, save_interval=1, keep_checkpoints=5, precompute_ref=True)
@@ -310,9 +312,9 @@ def test_a_nan_loss_skips_the_update_and_is_counted(tmp_path, tiny_model_dir, pa
 
 
 def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path, tiny_model_dir, pairs_file, monkeypatch):
-    from minidpo.faults import FaultError
+    from minidpo.errors import FaultError
 
-    monkeypatch.setenv("MINIDPO_FAULT", "nan@loss:2+")
+    monkeypatch.setattr("minidpo.fault_injection.PLANNED", plan("nan@loss:2+"))
     with pytest.raises(FaultError) as e:
         train_here(tiny_model_dir, pairs_file, tmp_path / "nans", max_skipped_steps=2, save_interval=1)
     message = str(e.value)
@@ -323,17 +325,18 @@ def test_too_many_non_finite_steps_in_a_row_stop_the_run(tmp_path, tiny_model_di
 
 def test_a_failed_save_names_the_path_and_keeps_the_previous_checkpoint(
         tmp_path, tiny_model_dir, pairs_file, monkeypatch, reference_run):
-    from minidpo.faults import FaultError
+    from minidpo.errors import FaultError
 
     out = tmp_path / "full"
-    monkeypatch.setenv("MINIDPO_FAULT", "enospc@save:4")  # the disk fills up while step 4 is being written
+    # the disk fills up while step 4 is being written
+    monkeypatch.setattr("minidpo.fault_injection.PLANNED", plan("enospc@save:4"))
     with pytest.raises(FaultError) as e:
         train_here(tiny_model_dir, pairs_file, out)
     message = str(e.value)
     assert f"cannot save the checkpoint to {out}/checkpoints/step_00000004.partial: No space left on device" in message
     assert f"the previous checkpoint {out}/checkpoints/step_00000002 is intact" in message
     assert latest(out) == "step_00000002"
-    monkeypatch.delenv("MINIDPO_FAULT")
+    monkeypatch.setattr("minidpo.fault_injection.PLANNED", [])
     train_here(tiny_model_dir, pairs_file, out, resume=True)  # it loads, and continues exactly
     assert_same_run(str(out), reference_run)
 
@@ -362,7 +365,7 @@ def test_resuming_with_changed_settings_is_refused_unless_allowed(tmp_path, tiny
 def test_a_pickle_only_model_folder_is_refused_unless_allowed(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from minidpo.engine import load_causal_lm
+    from minidpo.models import load_causal_lm
 
     pickled = tmp_path / "pickled"  # transformers 5 only writes safetensors: make the old-style folder by hand
     shutil.copytree(tiny_model_dir, pickled, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -373,3 +376,38 @@ def test_a_pickle_only_model_folder_is_refused_unless_allowed(tmp_path, tiny_mod
     model = load_causal_lm(str(pickled), trainable=False, allow_pickle=True)
     safe = load_causal_lm(tiny_model_dir, trainable=False)  # safetensors: no question asked
     assert torch.equal(model.model.layers[0].mlp.up_proj.weight, safe.model.layers[0].mlp.up_proj.weight)
+    # one loading rule for every reader: eval and the app load through load_model
+    from minidpo.models import load_model
+
+    with pytest.raises(ConfigError, match="pickle .*--allow_pickle_weights true"):
+        load_model(str(pickled), "SFT", device="cpu")
+    lm = load_model(str(pickled), "SFT", device="cpu", allow_pickle=True)
+    assert torch.equal(lm.model.model.layers[0].mlp.up_proj.weight, safe.model.layers[0].mlp.up_proj.weight)
+
+
+def test_sft_resumes_through_the_same_checkpoints(tmp_path, tiny_model_dir, pairs_file):
+    """SFT saves and resumes with DPO's code: killed after step 3, resumed from step 2, it ends at the
+    uninterrupted run's weights; its fingerprint holds only SFT's settings."""
+    sft = dict(deepspeed=f"{ROOT}/ds_configs/zero2.json", dtype="fp32", learning_rate=1e-3, batch_size=4, max_steps=6,
+               log_interval=1, save_interval=2, max_length=64, max_prompt_length=32, warmup_steps=0)
+
+    def sft_cmd(out, *extra):
+        args = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in sft.items()]
+        return [PYTHON, "trainer/train_sft.py", "--model", tiny_model_dir, "--data", pairs_file,
+                "--output_dir", str(out), *args, *extra]
+
+    whole = run_cli(sft_cmd(tmp_path / "whole"), env_with())
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    first = run_cli(sft_cmd(out), env_with("kill@step:3"))
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert latest(out) == "step_00000002"
+    meta = json.load(open(out / "checkpoints/step_00000002/minidpo.json"))
+    assert "batch_size" in meta["fingerprint"] and "beta" not in meta["fingerprint"]  # SFT has no DPO settings
+    second = run_cli(sft_cmd(out, "--resume", "true"), env_with())
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed at step 2" in second.stdout
+    a, b = weights(out / "export"), weights(tmp_path / "whole" / "export")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    changed = run_cli(sft_cmd(tmp_path / "whole", "--resume", "true", "--learning_rate", "0.5"), env_with())
+    assert changed.returncode == 2 and "learning_rate (0.001 -> 0.5)" in changed.stderr.strip().splitlines()[-1]

@@ -12,7 +12,8 @@ import sys
 import pytest
 
 from minidpo.bench.gpu_check import card_bf16_peak_tflops, check_variants
-from minidpo.config import RunConfig, optimizer_name, resolve_ds_config
+from minidpo.config import RunConfig
+from minidpo.ds_config import optimizer_name, resolve_ds_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

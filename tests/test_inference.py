@@ -103,13 +103,14 @@ def test_the_apps_answer_is_evals_token_for_token(end_not_eos):
 def test_dtype_names_and_bad_sources(tmp_path):
     cpu = torch.device("cpu")
     assert pick_dtype("auto", cpu) == torch.float32 and pick_dtype("bf16", cpu) == torch.bfloat16
-    assert pick_dtype("float16", cpu) == torch.float16  # the app's old spelling still works
+    with pytest.raises(ModelError, match="--dtype float16: choose one of"):  # the app's old spelling was removed
+        pick_dtype("float16", cpu)
     with pytest.raises(ModelError, match="--dtype half: choose one of auto, bf16, fp16, fp32"):
         pick_dtype("half", cpu)
     with pytest.raises(ModelError, match=f"SFT model folder not found: {tmp_path / 'nope'}"):
         load_model(tmp_path / "nope", "SFT")
     (tmp_path / "junk.gguf").write_text("not a model")
-    from minidpo.config import ConfigError
+    from minidpo.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--dpo .*junk.gguf: not a GGUF file"):
         load_model(tmp_path / "junk.gguf", "DPO")
@@ -128,7 +129,8 @@ def _run_with_beta(tmp_path, tiny_model_dir, beta):
 
 
 def test_beta_comes_from_the_run_config_and_a_flag_overrides(tmp_path, tiny_model_dir):
-    from app.compare import Comparer, build_app
+    from app.handlers import Comparer
+    from app.layout import build_app
 
     export = _run_with_beta(tmp_path, tiny_model_dir, 0.5)
     assert resolve_beta(None, export) == (0.5, str(export.parent / "run_config.json"))
@@ -156,7 +158,7 @@ def test_beta_comes_from_the_run_config_and_a_flag_overrides(tmp_path, tiny_mode
 # -- one spelling of shared flags ---------------------------------------------------------------------
 
 
-def test_eval_flags_new_spelling_and_old_aliases(tiny_model_dir, tmp_path):
+def test_eval_flags_one_spelling(tiny_model_dir, tmp_path):
     from minidpo.demo.generate import write_dataset
     from minidpo.eval.cli import build_parser, main
 
@@ -166,9 +168,10 @@ def test_eval_flags_new_spelling_and_old_aliases(tiny_model_dir, tmp_path):
     old = ["--sft", "s", "--dpo", "d", "--data", "h", "--out", "o", "--batch-size", "4", "--n-generate", "2",
            "--max-new-tokens", "5", "--top-p", "0.5", "--top-k", "3", "--repetition-penalty", "1.2", "--n-kl", "1",
            "--n-examples", "1", "--dtype", "bfloat16", "--data_format", "prompt"]
-    a, b = vars(build_parser().parse_args(new)), vars(build_parser().parse_args(old))
-    assert {**b, "dtype": "bf16"} == a and a["output_dir"] == "o" and a["batch_size"] == 4
-    assert "old spelling --out" in build_parser().format_help()
+    a = vars(build_parser().parse_args(new))
+    assert a["dtype"] == "bf16" and a["output_dir"] == "o" and a["batch_size"] == 4
+    with pytest.raises(SystemExit):  # the old spellings were removed (issue 21): one spelling, the run config's
+        build_parser().parse_args(old)
 
     write_dataset(tmp_path / "data", seed=0, n_train=8, n_heldout=10)
     out = tmp_path / "eval"
@@ -184,13 +187,14 @@ def test_eval_flags_new_spelling_and_old_aliases(tiny_model_dir, tmp_path):
     assert e.value.code == 2
 
 
-def test_app_flags_new_spelling_and_old_aliases():
+def test_app_flags_one_spelling():
     from app.compare import parse_args
 
     a = parse_args(["--max_new_tokens", "64", "--runs_dir", "r", "--dtype", "fp32", "--tokenizer", "t"])
-    b = parse_args(["--max-new-tokens", "64", "--runs-dir", "r", "--dtype", "float32", "--tokenizer", "t"])
-    assert (a.max_new_tokens, a.runs_dir, a.tokenizer) == (b.max_new_tokens, b.runs_dir, b.tokenizer) == (64, "r", "t")
-    assert pick_dtype(a.dtype, torch.device("cpu")) == pick_dtype(b.dtype, torch.device("cpu")) == torch.float32
+    assert (a.max_new_tokens, a.runs_dir, a.tokenizer) == (64, "r", "t")
+    assert pick_dtype(a.dtype, torch.device("cpu")) == torch.float32
+    with pytest.raises(SystemExit):  # the old spellings were removed (issue 21)
+        parse_args(["--max-new-tokens", "64", "--dtype", "float32"])
     assert parse_args([]).max_new_tokens == SamplingSettings().max_new_tokens  # eval's defaults
 
 

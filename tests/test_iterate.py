@@ -244,7 +244,7 @@ def test_interrupted_in_round_two_resumes_to_the_same_state(two_rounds, tmp_path
 
 
 def test_continuing_with_other_settings_is_refused(two_rounds):
-    from minidpo.config import ConfigError
+    from minidpo.errors import ConfigError
 
     _, values, _ = two_rounds
     with pytest.raises(ConfigError, match=r"other settings \(samples_per_prompt: 2 -> 3\)"):

@@ -11,7 +11,8 @@ import random
 import pytest
 import torch
 
-from minidpo.config import ConfigError, RunConfig, parse_config, validate
+from minidpo.config import RunConfig, parse_config, validate
+from minidpo.errors import ConfigError
 from minidpo.losses import LOSS_TYPES, REFERENCE_FREE, needs_reference, preference_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -286,7 +287,8 @@ def _cfg(tmp_path, tiny_model_dir, **over):
 def test_loss_settings_from_flags_and_run_config_files(tmp_path, tiny_model_dir):
     cfg = parse_config(["--loss_type", "sigmoid,sft", "--loss_weights", "1.0,0.5", "--simpo_gamma", "0.7",
                         "--discopop_tau", "0.1"])
-    assert (cfg.loss_type, cfg.loss_weights, cfg.simpo_gamma, cfg.discopop_tau) == ("sigmoid,sft", "1.0,0.5", 0.7, 0.1)
+    # lists given as text are parsed once, where the settings come in (issue 21)
+    assert (cfg.loss_type, cfg.loss_weights, cfg.simpo_gamma, cfg.discopop_tau) == (["sigmoid", "sft"], [1.0, 0.5], 0.7, 0.1)
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text("loss_type: [sigmoid, sft]\nloss_weights: [1.0, 0.5]\n")
     cfg = parse_config(["--config", str(yaml_path)])
@@ -314,7 +316,7 @@ def test_settings_that_do_not_apply_are_one_line_errors(tmp_path, tiny_model_dir
 def test_response_lengths_are_what_the_log_probs_sum_over(tmp_path, tiny_model_dir):
     from minidpo.data import collate_pairs, load_preference_data
     from minidpo.data.collate import CHOSEN, REJECTED, collate_packed
-    from minidpo.engine import load_tokenizer
+    from minidpo.models import load_tokenizer
     from minidpo.train import response_lengths
 
     path = tmp_path / "pairs.jsonl"

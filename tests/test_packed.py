@@ -85,7 +85,7 @@ def test_packed_unsupported_attention_is_named(tiny_model_dir):
 def test_activation_checkpointing_saves_fewer_activations(tiny_model_dir):
     """Counts the elements autograd keeps for the backward: every layer checkpointed < every 2nd < none,
     and the gradients stay the same."""
-    from minidpo.engine import load_causal_lm
+    from minidpo.models import load_causal_lm
 
     saved, grads = {}, {}
     for every_n in (0, 1, 2):

@@ -12,8 +12,9 @@ import random
 import pytest
 import torch
 
-from minidpo.config import ConfigError, RunConfig, validate
-from minidpo.data.sampler import budget_steps, padded_cost, rank_micro_batches
+from minidpo.config import RunConfig, validate
+from minidpo.errors import ConfigError
+from minidpo.data.plan import budget_steps, padded_cost, rank_micro_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +124,7 @@ def _train(tmp_path, name, model, data, **over):
 def _packed_lengths(model_dir, data, max_length=128, max_prompt_length=32):
     from minidpo.data import load_preference_data
     from minidpo.data.collate import padded_length
-    from minidpo.engine import load_tokenizer
+    from minidpo.models import load_tokenizer
 
     dataset = load_preference_data(data, load_tokenizer(model_dir), max_length=max_length,
                                    max_prompt_length=max_prompt_length, cache_dir=None, log=None)
@@ -167,7 +168,7 @@ def test_uneven_token_budget_micro_batches_train_like_one_big_batch(tmp_path, ti
 
 @pytest.mark.slow
 def test_precompute_ref_scores_only_the_pairs_trained_on(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    from minidpo.data.sampler import batch_plan
+    from minidpo.data.plan import batch_plan
 
     rng = random.Random(0)
     rows = []

@@ -113,9 +113,12 @@ def test_resume_continues_the_same_curve(tmp_path, tiny_model_dir, pairs_file):
 def test_export_reproduces_the_engine_logprobs(tmp_path, tiny_model_dir, pairs_file, stage):
     from transformers import AutoModelForCausalLM
 
-    from minidpo.config import resolve_ds_config
+    from minidpo.ds_config import resolve_ds_config
     from minidpo.data import collate_pairs, load_preference_data
-    from minidpo.engine import build_policy_engine, load_causal_lm, load_tokenizer, setup_distributed, warmup_cosine
+    from minidpo.distributed import setup_distributed
+    from minidpo.engine import build_policy_engine
+    from minidpo.models import load_causal_lm, load_tokenizer
+    from minidpo.schedule import warmup_cosine
     from minidpo.checkpoint import export_hf
     from minidpo.logprobs import concatenated_logps
 

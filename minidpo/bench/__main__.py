@@ -28,7 +28,7 @@ from minidpo.bench.settings import TRAINERS, Settings
 from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work, skewed_workload
 from minidpo.data import TokenizedPair, batch_plan
 from minidpo.data.collate import padded_length
-from minidpo.engine import launch_env
+from minidpo.distributed import launch_env
 
 DEFAULT_TRAINERS = "minidpo,minidpo-simpo,minidpo-lora,trl,naive"
 SKEWED_TRAINERS = "minidpo,minidpo-budget,trl"  # --workload skewed: fixed batches against a token budget

@@ -29,6 +29,8 @@ import subprocess
 import sys
 import time
 
+# torch and minidpo are imported inside the functions: main() sets OMP_NUM_THREADS, which torch reads when it loads
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from the vendors' data sheets; matched in this
@@ -67,7 +69,8 @@ def train_variant(paths: dict, out_dir: str, *, dtype: str, stage: int, shared_p
     """One short training run; its losses, speed and peak memory."""
     import torch
 
-    from minidpo.config import RunConfig, optimizer_name
+    from minidpo.config import RunConfig
+    from minidpo.ds_config import optimizer_name
     from minidpo.train import train
 
     cfg = RunConfig(
@@ -116,7 +119,7 @@ def attention_kernels(paths: dict, dtype: str) -> dict:
 
     from minidpo.data import collate_pairs, load_preference_data
     from minidpo.data.collate import collate_packed
-    from minidpo.engine import load_causal_lm, load_tokenizer
+    from minidpo.models import load_causal_lm, load_tokenizer
     from minidpo.logprobs import pair_logps
     from minidpo.packed_attention import NAME as SPLIT_ATTENTION
 

@@ -24,6 +24,7 @@ def main(argv=None) -> None:
     p.add_argument("--order", help="JSON list of batches (pair indices) to train on, in order")
     a = p.parse_args(argv)
 
+    # torch (and all that imports it) only after OMP_NUM_THREADS is set: torch reads it when it loads
     from minidpo.bench.settings import Settings
     from minidpo.bench.workload import Workload, check_tokenization, workload_paths
 

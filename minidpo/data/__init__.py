@@ -14,13 +14,15 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
     chat.py      chat template (or plain / raw) -> response-only ids (ChatEncoder, TokenizedPair)
     tokenize.py  truncation, stats, the dataset and its on-disk cache
     collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
-    sampler.py   batch_plan: deterministic, length-grouped, equal batches per rank
+    plan.py      batch_plan, budget_steps, Batching: deterministic, length-grouped, equal work per rank
 """
+
+from minidpo.errors import DataError
 
 from .chat import ChatEncoder, TokenizedPair, encode_prompt_response
 from .collate import collate_packed, collate_pairs
-from .formats import FORMATS, DataError, PreferencePair, detect_format, iter_pairs
-from .sampler import batch_plan
+from .formats import FORMATS, PreferencePair, detect_format, iter_pairs
+from .plan import Batching, batch_plan
 from .tokenize import (
     DEFAULT_CACHE_DIR,
     DataStats,
@@ -38,6 +40,7 @@ __all__ = [
     "PreferenceDataset",
     "PreferencePair",
     "TokenizedPair",
+    "Batching",
     "batch_plan",
     "collate_packed",
     "collate_pairs",

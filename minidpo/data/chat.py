@@ -4,13 +4,16 @@ plain fallback, or raw strings) into `TokenizedPair` ids with a response-only sp
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .formats import DataError, PreferencePair
+from minidpo.config import CHAT_TEMPLATES
+from minidpo.errors import DataError, ModelError, first_line
+
+from .formats import PreferencePair
 
 PLAIN_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
-CHAT_TEMPLATES = ("auto", "none")
 _PROBE = "\u2063minidpo-probe\u2063"
 
 
@@ -47,22 +50,49 @@ class ChatEncoder:
         bos = tokenizer.bos_token_id
         self.bos_ids = [bos] if (not self.template and bos is not None and bos != self.eos_id) else []
         self.end_id = None  # the end-of-turn token the template writes after an answer
-        if self.template:
-            probe_prompt = [{"role": "user", "content": "hi"}]
-            text = self.response_text(probe_prompt, self.prompt_text(probe_prompt), _PROBE)
-            tail = text[text.find(_PROBE) + len(_PROBE):] if _PROBE in text else ""
-            special = set(getattr(tokenizer, "all_special_ids", []) or [])
-            special.update(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-            self.end_id = next((t for t in self.encode([tail])[0] if t in special), None)
         self.marker = None  # the template's turn marker: a string prompt holding it is already templated
-        if self.template:
-            ids = self.encode([self.prompt_text([{"role": "user", "content": "hi"}])])[0]
-            special = set(getattr(tokenizer, "all_special_ids", []) or []) | set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
-            first = next((t for t in ids if t in special), None)
-            self.marker = tokenizer.convert_ids_to_tokens(first) if first is not None else None
+        if self.template and (chat_template == "auto" or self.eos_id is None):  # "none" needs them for no more
+            self._probe_template()
         if self.end_id is None and self.eos_id is None:
-            raise ValueError("the tokenizer has no EOS token and its chat template ends answers with no special "
-                             "token: set tokenizer.eos_token (or a chat template) before preparing DPO data")
+            raise ModelError(f"{self.name}: the tokenizer has no EOS token and its chat template ends answers with "
+                             "no special token: set tokenizer.eos_token (or a chat template) before preparing DPO data")
+
+    @property
+    def name(self) -> str:
+        """The tokenizer's folder (or hub name), for messages."""
+        return getattr(self.tok, "name_or_path", "") or "the tokenizer"
+
+    def _probe_template(self) -> None:
+        """Render a one-turn conversation to find `end_id` and `marker` (the first special token the
+        template writes after an answer, and before a prompt)."""
+        messages = [{"role": "user", "content": "hi"}]
+        try:
+            prompt = self.prompt_text(messages)
+            text = self.response_text(messages, prompt, _PROBE)
+        except Exception as e:  # jinja2's TemplateError and friends, raised from inside the template
+            raise ModelError(f"{self.name}: its chat template fails on a one-turn conversation ({first_line(e)}): "
+                             "fix the template in its tokenizer_config.json / chat_template.jinja, or use "
+                             "chat_template none (string data only)") from e
+        tail = text[text.find(_PROBE) + len(_PROBE):] if _PROBE in text else ""
+        self.end_id = next(iter(self._special_ids(tail)), None)
+        first = next(iter(self._special_ids(prompt)), None)
+        self.marker = self.tok.convert_ids_to_tokens(first) if first is not None else None
+
+    def _special_ids(self, text: str) -> list[int]:
+        """The special token ids in `text`, in order: from its encoding, or, when the tokenizer cannot encode
+        the template's words (a WordLevel vocabulary without an unknown token), from where the special
+        tokens' strings occur in it (the tokenizer splits them out before anything else)."""
+        special = set(getattr(self.tok, "all_special_ids", []) or [])
+        special.update(getattr(self.tok, "added_tokens_decoder", {}) or {})
+        try:
+            return [t for t in self.encode([text])[0] if t in special]
+        except ModelError:
+            ids = sorted(special)
+            strings = {s: i for s, i in zip(self.tok.convert_ids_to_tokens(ids), ids) if s}
+            if not strings:
+                return []
+            pattern = re.compile("|".join(re.escape(s) for s in sorted(strings, key=len, reverse=True)))
+            return [strings[m.group()] for m in pattern.finditer(text)]
 
     def prompt_text(self, messages: list[dict]) -> str:
         if self.template:
@@ -78,10 +108,30 @@ class ChatEncoder:
                 return full[len(prompt_text):]
         return response  # plain fallback, or a template whose prompt is not a prefix of the conversation
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], sources: Sequence[str] | None = None) -> list[list[int]]:
+        """Token ids of each text, without added special tokens. sources: what names each text in an error."""
         if not texts:
             return []
-        return self.tok(texts, add_special_tokens=False)["input_ids"]
+        return self._tokenize(texts, False, sources)
+
+    def _tokenize(self, texts: list[str], add_special_tokens: bool, sources: Sequence[str] | None = None):
+        """The tokenizer's ids of `texts`; a tokenizer that cannot encode one is a ModelError naming it."""
+        try:
+            return self.tok(texts, add_special_tokens=add_special_tokens)["input_ids"]
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises a bare Exception
+            error = e
+        for k, text in enumerate(texts):  # which one: encode them one at a time
+            try:
+                self.tok(text, add_special_tokens=add_special_tokens)
+            except Exception as e:  # noqa: BLE001 - as above
+                what = f"the text of {sources[k]}" if sources else f"{text[:60]!r}"
+                error = e
+                break
+        else:
+            what = f"the text of {sources[0]}" if sources else "a batch of texts"
+        raise ModelError(f"{self.name}: its tokenizer cannot encode {what} ({first_line(error)}); use the tokenizer "
+                         "that belongs to the model, or one that encodes any text (byte-level BPE, or a "
+                         "vocabulary with an unknown token)") from error
 
     def finish_response(self, ids: list[int]) -> list[int]:
         """Cut after the end-of-turn token (keeping it once), or append EOS when the text has none."""
@@ -133,10 +183,10 @@ class ChatEncoder:
     def encode_raw(self, pair: PreferencePair) -> TokenizedPair:
         """TRL's string data: ids of prompt and of prompt + answer as the tokenizer encodes text, EOS appended."""
         prompt, chosen, rejected = pair.raw
-        p, fc, fr = self.tok([prompt, prompt + chosen, prompt + rejected])["input_ids"]
+        p, fc, fr = self._tokenize([prompt, prompt + chosen, prompt + rejected], True, [pair.source] * 3)
         out = []
         for full, answer in ((fc, chosen), (fr, rejected)):
-            ids = full[len(p):] if full[:len(p)] == p else self.tok(answer, add_special_tokens=False)["input_ids"]
+            ids = full[len(p):] if full[:len(p)] == p else self.encode([answer], [pair.source])[0]
             if ids and ids[-1] == self.eos_id:  # the tokenizer's post-processor added it already
                 ids = ids[:-1]
             out.append(list(ids) + [self.eos_id if self.eos_id is not None else self.end_id])
@@ -149,7 +199,7 @@ class ChatEncoder:
         A pair the chat template refuses (e.g. a template that raises on a system message) comes back as
         a DataError naming its source, so that on_bad_record="skip" can skip it.
         """
-        texts, responses, failed, raw = [], [], {}, {}
+        texts, sources, responses, failed, raw = [], [], [], {}, {}
         for k, p in enumerate(pairs):
             try:
                 if self.use_raw(p):
@@ -163,11 +213,12 @@ class ChatEncoder:
                 rc = self.response_text(p.prompt_messages, pt, p.chosen)
                 rr = self.response_text(p.prompt_messages, pt, p.rejected)
                 texts += [pt, pt + rc, pt + rr]
+                sources += [p.source] * 3
                 responses.append((rc, rr))
             except Exception as e:  # jinja2 TemplateError and friends raised from inside the template
                 failed[k] = DataError(f"{p.source}: the tokenizer's chat template rejected this conversation: "
                                       f"{type(e).__name__}: {e}", "chat template error")
-        ids = iter(self.encode(texts))
+        ids = iter(self.encode(texts, sources))
         response_texts = iter(responses)
         out = []
         for k in range(len(pairs)):

@@ -13,21 +13,12 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from minidpo.errors import DataError
+
 TEXT_SUFFIXES = (".json", ".jsonl")
 SHARD_SUFFIXES = (".parquet", ".arrow")
 DATA_SUFFIXES = TEXT_SUFFIXES + SHARD_SUFFIXES
 DATASETS_METADATA = ("dataset_info.json", "state.json", "dataset_dict.json")  # written by save_to_disk
-
-
-class DataError(ValueError):
-    """A problem with the preference data. The message names the file, the line (or record) and the field.
-
-    `reason` is a short category ("malformed JSON", "missing field", ...) used to count skipped records.
-    """
-
-    def __init__(self, message: str, reason: str = "bad record"):
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -120,12 +111,12 @@ def read_records(file: str) -> Iterator[RawRecord]:
 
 def _read_shard(file: str, name: str) -> Iterator[RawRecord]:
     """The rows of a Parquet file or an Arrow file (IPC stream, as `datasets` writes it, or IPC file)."""
-    import pyarrow as pa
+    import pyarrow as pa  # heavy to import: only Parquet / Arrow input needs it
 
     kind = "Parquet" if file.endswith(".parquet") else "Arrow"
     try:
         if kind == "Parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # (see above)
 
             batches = pq.ParquetFile(file).iter_batches(batch_size=1024)
         else:

@@ -6,8 +6,8 @@ that any error can name the file, the line and the field.
 
 Formats (`data_format=`; "auto" detects it from the first record of each file):
 
-- "prompt"   (the seed's, also TRL's standard form) {"prompt": str, "chosen": str, "rejected": str,
-             optional "system": str}
+- "prompt"   (MiniMind's DPO tutorial format, also TRL's standard form) {"prompt": str, "chosen": str,
+             "rejected": str, optional "system": str}
 - "messages" (MiniMind, and TRL's implicit-prompt form) {"chosen": [messages], "rejected": [messages]}:
              the leading messages the two conversations share are the prompt; what follows is one
              assistant message on each side.
@@ -36,7 +36,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from minidpo.data.files import DataError, RawRecord, type_name, data_files, read_records
+from minidpo.errors import DataError
+
+from .files import RawRecord, data_files, read_records, type_name
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}

@@ -6,8 +6,10 @@ import math
 import os
 from collections.abc import Sequence
 
-from .formats import DataError, iter_pairs
+from minidpo.errors import DataError
+
 from .chat import PLAIN_ROLES
+from .formats import iter_pairs
 from .tokenize import load_preference_data
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -42,11 +44,6 @@ def _counts(title: str, d: dict) -> list[str]:
     if not d:
         return []
     return [f"{title}: {sum(d.values())}"] + [f"  {k}: {v}" for k, v in sorted(d.items())]
-
-
-def inspect_data(path: str | os.PathLike, tokenizer=None, **kw) -> str:
-    """The report of `inspect_report` (its text only)."""
-    return inspect_report(path, tokenizer, **kw)[0]
 
 
 def inspect_report(

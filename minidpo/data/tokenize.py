@@ -37,10 +37,17 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .chat import ChatEncoder, TokenizedPair
-from .formats import DataError, PreferencePair, canonical_format, iter_pairs
+import numpy as np
+from tqdm.auto import tqdm
 
-DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "data")
+from minidpo import fsutil
+from minidpo.errors import DataError
+
+from .chat import ChatEncoder, TokenizedPair
+from .files import data_files
+from .formats import PreferencePair, canonical_format, iter_pairs
+
+DEFAULT_CACHE_DIR = fsutil.cache_dir("data")
 CACHE_VERSION = 2
 
 
@@ -167,22 +174,16 @@ def _cache_key(files: list[str], tokenizer, settings: dict) -> str:
 
 
 def _save_cache(file: str, ds: PreferenceDataset) -> None:
-    import numpy as np
-
     lens = np.array([[len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)] for p in ds.pairs],
                     dtype=np.int64).reshape(-1, 3)
     ids = np.fromiter((t for p in ds.pairs for part in (p.prompt_ids, p.chosen_ids, p.rejected_ids) for t in part),
                       dtype=np.int64, count=int(lens.sum()))
     meta = json.dumps({"stats": asdict(ds.stats), "sources": ds.sources})
-    os.makedirs(os.path.dirname(file), exist_ok=True)
-    tmp = f"{file}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, ids=ids, lens=lens, meta=np.array(meta))
-    os.replace(tmp, file)
+    with fsutil.atomic_file(file, suffix=".npz") as tmp:
+        np.savez(tmp, ids=ids, lens=lens, meta=np.array(meta))
 
 
 def _load_cache(file: str) -> PreferenceDataset | None:
-    import numpy as np
-
     try:
         with np.load(file) as z:
             ids, lens, meta = z["ids"].tolist(), z["lens"].tolist(), json.loads(str(z["meta"]))
@@ -237,8 +238,6 @@ def load_preference_data(
     if max_prompt_length is not None and not 0 < max_prompt_length < max_length:
         raise ValueError(f"max_prompt_length must be in [1, max_length), got {max_prompt_length}")
     fmt = canonical_format(data_format)
-    from .files import data_files
-
     files = data_files(path)
     settings = dict(version=CACHE_VERSION, max_length=max_length, max_prompt_length=max_prompt_length,
                     data_format=fmt, on_bad_record=on_bad_record, chat_template=chat_template)
@@ -280,8 +279,6 @@ def load_preference_data(
     chunk = 512
     bar = None
     if show:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(good), desc=f"tokenizing {os.path.basename(os.fspath(path))}", unit="pair")
     for start in range(0, len(good), chunk):
         batch = good[start:start + chunk]

@@ -5,6 +5,7 @@
     (SFT with minidpo.sft, DPO with the trainer, then)  python -m minidpo.eval ... --judge minidpo.demo.judge:judge_heldout
 
     minidpo.demo.generate   generate(seed, n_train, n_heldout), write_dataset(out_dir, ...), read_jsonl(path)
+    minidpo.demo.templates  the phrase tables the records are built from (prompts, answers, topics)
     minidpo.demo.judge      judge(axis, prompt, answer, lang, meta) -> bool, judge_record(record, answer),
                             judge_heldout(pair, answer): the judge `python -m minidpo.eval --judge` takes
     minidpo.demo.presets    PRESETS, build_model(preset, tokenizer), make_init_model(out_dir, preset, texts)

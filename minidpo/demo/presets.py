@@ -18,6 +18,12 @@ import json
 import re
 from pathlib import Path
 
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from minidpo.demo.generate import read_jsonl
+from minidpo.tokenizer import train_chat_tokenizer
+
 PRESETS: dict[str, dict] = {
     # ~2.4M parameters: trains on a laptop CPU in minutes.
     "demo": dict(vocab_size=2048, hidden_size=192, num_hidden_layers=4, num_attention_heads=6,
@@ -41,9 +47,6 @@ def build_model(preset: str, tokenizer, *, seed: int | None = 0):
     """A randomly initialised LlamaForCausalLM sized by `preset`, with the tokenizer's vocabulary and
     special tokens (the embedding has len(tokenizer) rows, which may be fewer than the preset's
     vocab_size when the corpus is too small to learn that many merges). float32."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     cfg = preset_config(preset)
     cfg["vocab_size"] = len(tokenizer)
     config = LlamaConfig(
@@ -82,8 +85,6 @@ def tokenizer_training_pieces(text: str) -> list[str]:
 def make_init_model(out_dir, preset: str = DEFAULT_PRESET, corpus_texts=(), *, seed: int = 0) -> str:
     """Train the chat tokenizer on `corpus_texts`, build the preset's model and save both to `out_dir`
     as a Hugging Face folder (config, safetensors, tokenizer with its ChatML template). Returns out_dir."""
-    from minidpo.tokenizer import train_chat_tokenizer
-
     texts = list(corpus_texts)
     if not texts:
         raise ValueError("make_init_model needs a non-empty corpus to train the tokenizer on")
@@ -110,8 +111,6 @@ def corpus_from_records(records) -> list[str]:
 
 
 def main(argv=None) -> None:
-    from minidpo.demo.generate import read_jsonl
-
     p = argparse.ArgumentParser(prog="python -m minidpo.demo.presets",
                                 description="Train the demo tokenizer and save an untrained model folder.")
     p.add_argument("--data", required=True, help="folder with train.jsonl (python -m minidpo.demo.generate)")

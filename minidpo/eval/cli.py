@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from pathlib import Path
 
-from minidpo.config import ConfigError
-from minidpo.flags import add_flag
+from minidpo.errors import ConfigError, run_cli, set_offline_environment
+from minidpo.eval.report import summary_lines
+from minidpo.eval.run import evaluate
 from minidpo.generation import DEFAULTS
-from minidpo.models import DTYPE_CHOICES, OLD_DTYPE_NAMES
+from minidpo.models import DTYPE_CHOICES
 
 
 def load_judge(spec: str | None):
@@ -34,39 +34,36 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
     ap.add_argument("--dpo", required=True, help="DPO model: Hugging Face folder or .gguf file")
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder, for model files that carry none")
     ap.add_argument("--data", required=True, help="held-out preference data, any format the trainer reads")
-    add_flag(ap, "data_format", default="auto", help="auto, or force a format (as for training)")
-    add_flag(ap, "output_dir", old=("--out",), required=True,
-             help="folder for eval.json, eval.md and TensorBoard scalars")
+    ap.add_argument("--data_format", default="auto", help="auto, or force a format (as for training)")
+    ap.add_argument("--output_dir", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=None,
                     help="the beta the DPO model was trained with (default: the DPO run's run_config.json, else 0.1)")
     ap.add_argument("--judge", default=default_judge,
                     help="package.module:function that judges answers (the demo's: minidpo.demo.judge:judge_heldout); "
                     "default: none, preference metrics, KL and sample answers only")
-    add_flag(ap, "n_generate", old=("--n-generate",), type=int, default=160,
-             help="held-out records to answer (and judge), stratified over axis x language (-1: all; 0: skip)")
-    add_flag(ap, "max_new_tokens", old=("--max-new-tokens",), type=int, default=DEFAULTS.max_new_tokens)
+    ap.add_argument("--n_generate", type=int, default=160, help="held-out records to answer (and judge), stratified over axis x language (-1: all; 0: skip)")
+    ap.add_argument("--max_new_tokens", type=int, default=DEFAULTS.max_new_tokens)
     ap.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
-    add_flag(ap, "top_p", old=("--top-p",), type=float, default=DEFAULTS.top_p)
-    add_flag(ap, "top_k", old=("--top-k",), type=int, default=DEFAULTS.top_k, help="0 = off")
-    add_flag(ap, "repetition_penalty", old=("--repetition-penalty",), type=float,
-             default=DEFAULTS.repetition_penalty, help="1 = off")
-    add_flag(ap, "n_kl", old=("--n-kl",), type=int, default=64, help="prompts for the KL estimate (0: skip)")
-    add_flag(ap, "n_examples", old=("--n-examples",), type=int, default=2, help="side-by-side answers per axis and language")
+    ap.add_argument("--top_p", type=float, default=DEFAULTS.top_p)
+    ap.add_argument("--top_k", type=int, default=DEFAULTS.top_k, help="0 = off")
+    ap.add_argument("--repetition_penalty", type=float, default=DEFAULTS.repetition_penalty, help="1 = off")
+    ap.add_argument("--n_kl", type=int, default=64, help="prompts for the KL estimate (0: skip)")
+    ap.add_argument("--n_examples", type=int, default=2, help="side-by-side answers per axis and language")
     ap.add_argument("--seed", type=int, default=DEFAULTS.seed)
-    add_flag(ap, "batch_size", old=("--batch-size",), type=int, default=32)
+    ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    ap.add_argument("--dtype", default="fp32", choices=[*DTYPE_CHOICES, *OLD_DTYPE_NAMES],
+    ap.add_argument("--dtype", default="fp32", choices=DTYPE_CHOICES,
                     help="fp32 (default: scores as exact as training's checks), bf16, fp16, or auto")
+    ap.add_argument("--allow_pickle_weights", action="store_true",
+                    help="accept model folders whose weights are only a pickle pytorch_model.bin")
     return ap
 
 
 def run(argv=None, *, prog: str = "python -m minidpo.eval", default_judge: str | None = None) -> dict:
-    from minidpo.eval.report import summary_lines
-    from minidpo.eval.run import evaluate
-
     args = build_parser(prog, default_judge).parse_args(argv)
     result = evaluate(args.sft, args.dpo, args.data, args.output_dir, beta=args.beta, judge=load_judge(args.judge),
                       data_format=args.data_format, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
+                      allow_pickle=args.allow_pickle_weights,
                       n_generate=None if args.n_generate < 0 else args.n_generate, n_kl=args.n_kl,
                       n_examples=args.n_examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -80,8 +77,9 @@ def run(argv=None, *, prog: str = "python -m minidpo.eval", default_judge: str |
 
 def main(argv=None, **kwargs) -> dict:
     """`run`, with bad settings and data printed as one `error: ...` line (exit status 2)."""
-    try:
-        return run(argv, **kwargs)
-    except ValueError as e:  # ConfigError, DataError, ModelError
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    set_offline_environment()
+    result = {}
+    code = run_cli(lambda: result.update(run(argv, **kwargs)))
+    if code:
+        raise SystemExit(code)
+    return result

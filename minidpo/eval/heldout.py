@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from minidpo.data import iter_pairs
+from minidpo.errors import DataError
+
 
 @dataclass(frozen=True)
 class HeldoutPair:
@@ -30,8 +33,6 @@ class HeldoutPair:
 
 def read_heldout(path, data_format: str = "auto") -> list[HeldoutPair]:
     """Every pair in `path`; the first bad record is a DataError naming file, line and field."""
-    from minidpo.data import DataError, iter_pairs
-
     out = []
     for raw, _, item in iter_pairs(path, data_format):
         if isinstance(item, DataError):

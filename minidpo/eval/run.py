@@ -14,10 +14,14 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from minidpo.data import ChatEncoder
+from minidpo.errors import ModelError
 from minidpo.eval.heldout import HeldoutPair, read_heldout, stratified
 from minidpo.eval.metrics import judge_table, preference_metrics, sequence_kl
 from minidpo.eval.report import write_reports
-from minidpo.generation import DEFAULTS, SamplingSettings
+from minidpo.generation import DEFAULTS, SamplingSettings, decode_answer, generate_ids, prompt_ids_for
+from minidpo.models import load_model, resolve_beta, same_vocab
+from minidpo.scoring import score_rows
 
 # A judge says whether an answer to a held-out pair's prompt shows the preferred behaviour:
 # True / False, or None for a record it does not judge (e.g. no `axis`). The demo's is
@@ -53,6 +57,7 @@ def _split_overrides(overrides: dict, sampling: SamplingSettings | None, setting
 def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judge: Judge | None = None,
              sampling: SamplingSettings | None = None, settings: EvalSettings | None = None,
              data_format: str = "auto", tokenizer: str | None = None, device: str = "cpu", dtype: str = "fp32",
+             allow_pickle: bool = False,
              tensorboard: bool = True, step: int = 0, **overrides) -> dict:
     """Compare a DPO model with its SFT reference on held-out pairs; write eval.json / eval.md / scalars.
 
@@ -70,17 +75,12 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
         The dict written to eval.json: "settings", "preference", "preference_by_axis", "judge",
         "kl", "examples", "seconds".
     """
-    from minidpo.data import ChatEncoder
-    from minidpo.generation import decode_answer, generate_ids, prompt_ids_for
-    from minidpo.models import ModelError, load_model, resolve_beta, same_vocab
-    from minidpo.scoring import score_rows
-
     sampling, settings = _split_overrides(overrides, sampling, settings)
     t0 = time.time()
     beta, beta_source = resolve_beta(beta, dpo)
     records = read_heldout(heldout_path, data_format)
-    sft_lm = load_model(sft, "SFT", tokenizer=tokenizer, device=device, dtype=dtype)
-    dpo_lm = load_model(dpo, "DPO", tokenizer=tokenizer, device=device, dtype=dtype)
+    sft_lm = load_model(sft, "SFT", tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle)
+    dpo_lm = load_model(dpo, "DPO", tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle)
     if not same_vocab(sft_lm.tokenizer, dpo_lm.tokenizer):
         raise ModelError(f"the tokenizers of {sft} and {dpo} differ: a DPO model must be compared with "
                          "the SFT model it was trained from")

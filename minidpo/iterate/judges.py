@@ -17,7 +17,12 @@ from typing import Protocol
 
 import torch
 
-from minidpo.config import ConfigError
+from transformers import AutoModelForSequenceClassification
+
+from minidpo.data import ChatEncoder
+from minidpo.demo.judge import judge_heldout
+from minidpo.errors import ConfigError, first_line
+from minidpo.models import check_model_folder, load_tokenizer, pad_id, pick_device, pick_dtype
 
 
 class Judge(Protocol):
@@ -36,8 +41,6 @@ class RuleJudge:
     for a record without a judged axis or a language."""
 
     def score(self, prompt_messages, answer, record) -> float | None:
-        from minidpo.demo.judge import judge_heldout
-
         verdict = judge_heldout(record, answer)
         return None if verdict is None else float(verdict)
 
@@ -49,11 +52,6 @@ class RewardModelJudge:
     score equals the score of the row alone."""
 
     def __init__(self, path: str, *, batch_size: int = 32, device: str = "auto", dtype: str = "fp32"):
-        from transformers import AutoModelForSequenceClassification
-
-        from minidpo.data import ChatEncoder
-        from minidpo.models import check_model_folder, first_line, load_tokenizer, pad_id, pick_device, pick_dtype
-
         folder = check_model_folder(path, "reward")
         dev = pick_device(device)
         self.tokenizer = load_tokenizer(folder, "reward")

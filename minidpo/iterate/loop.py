@@ -4,7 +4,7 @@
       iterate_config.json    the settings
       round_0/eval/          the starting policy evaluated (eval_start)
       round_k/samples.jsonl  prompts, answers, scores (judge rounds)
-      round_k/pairs.jsonl    the round's pairs, in the seed's format: the DPO run's --data
+      round_k/pairs.jsonl    the round's pairs (prompt / chosen / rejected messages): the DPO run's --data
       round_k/pairs.json     pair counts and the sampling / judging seconds
       round_k/dpo/           a normal run folder: run_config.json, TensorBoard, checkpoints, export
       round_k/eval/          `make eval`'s evaluation of the round's export against the SFT model
@@ -14,9 +14,9 @@
 Resume is by what is on disk: a round with round.json is done; pairs.jsonl is reused; a DPO run with
 checkpoints but no summary.json continues with --resume true; an eval.json is reused.
 
-Each round's DPO runs in a subprocess through the launcher `make train` uses (`deepspeed`): the
-trainer owns its process group, engines and memory, which all go away with the process, and the same
-command trains on several ranks.
+Each round's DPO runs in a subprocess through the launcher `make train` uses (`deepspeed --module
+minidpo.train`): the trainer owns its process group, engines and memory, which all go away with the
+process, and the same command trains on several ranks.
 """
 
 from __future__ import annotations
@@ -24,37 +24,34 @@ from __future__ import annotations
 import json
 import random
 import shlex
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from minidpo.config import ConfigError
-from minidpo.engine import launch_env
+from minidpo.config import parse_config
+from minidpo.demo.judge import judge_heldout
+from minidpo.distributed import launch_env, trainer_command
+from minidpo.errors import ConfigError, FaultError, run_cli, set_offline_environment
+from minidpo.eval.heldout import read_heldout, stratified
+from minidpo.eval.run import evaluate
+from minidpo.fsutil import write_text_atomic
+from minidpo.generation import SamplingSettings
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import make_judge, score_all
 from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
 from minidpo.iterate.sampling import sample_answers
 from minidpo.iterate.summary import eval_figures, write_summary
 
-TRAINER = Path(__file__).resolve().parents[2] / "trainer" / "train_dpo.py"
-
-
 def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _write_json(path: Path, value) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
 def round_prompts(records: list, cfg: IterateConfig, k: int) -> list:
     """Round k's prompts: a fresh seeded draw, stratified over axis x language, or all of them."""
-    from minidpo.eval import stratified
-
     if cfg.prompts_per_round == -1 or cfg.prompts_per_round >= len(records):
         return list(records)
     shuffled = list(records)
@@ -64,9 +61,6 @@ def round_prompts(records: list, cfg: IterateConfig, k: int) -> list:
 
 def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, judge, rd: Path) -> dict:
     """Sample, judge and pair (or take the votes); writes samples.jsonl, pairs.jsonl, pairs.json."""
-    from minidpo.eval import read_heldout
-    from minidpo.generation import SamplingSettings
-
     if judge is None:  # judge=votes
         started = time.perf_counter()
         pairs, counts = votes_pairs(read_heldout(cfg.votes), records, cfg.votes_fraction,
@@ -98,19 +92,9 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     return info
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def train_command(cfg: IterateConfig, policy: str, reference: str, data: Path, run_dir: Path, resume: bool) -> list[str]:
     """The trainer's command line for a round, launched as `make train` launches it."""
-    if cfg.launcher == "deepspeed":
-        launcher = str(Path(sys.executable).parent / "deepspeed")
-        cmd = [launcher, "--num_gpus", str(cfg.nproc), "--master_port", str(_free_port()), str(TRAINER)]
-    else:
-        cmd = [sys.executable, str(TRAINER)]
+    cmd = trainer_command(cfg.launcher, cfg.nproc)
     if cfg.train_config:
         cmd += ["--config", cfg.train_config]
     cmd += ["--model", policy, "--data", str(data), "--output_dir", str(run_dir), "--deepspeed", cfg.deepspeed]
@@ -138,7 +122,7 @@ def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
     wall = time.perf_counter() - started
     summary = _read_json(run_dir / "summary.json")
     if rc != 0 or summary is None:
-        raise RuntimeError(f"round {rd.name}: DPO training failed (exit status {rc}); its error is above. "
+        raise FaultError(f"round {rd.name}: DPO training failed (exit status {rc}); its error is above. "
                            "Fix it and run again: the iteration resumes here")
     return {**summary, "wall_seconds": wall, "resumed_from": resumed}
 
@@ -150,9 +134,6 @@ def evaluate_round(cfg: IterateConfig, model: str, rd: Path, k: int) -> tuple[di
     cached = _read_json(rd / "eval" / "eval.json")
     if cached:
         return cached, 0.0
-    from minidpo.demo.judge import judge_heldout
-    from minidpo.eval import evaluate
-
     started = time.perf_counter()
     result = evaluate(cfg.sft_model, model, cfg.heldout, rd / "eval", judge=judge_heldout, device="auto",
                       n_generate=cfg.eval_n_generate, n_kl=cfg.eval_n_kl, max_new_tokens=cfg.eval_max_new_tokens,
@@ -179,8 +160,6 @@ def check_same_settings(cfg: IterateConfig, stored: dict | None) -> None:
 def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
     """Run (or continue) the iteration; returns the summary ({"rounds": rows, "stopped": message}).
     judge: a Judge object to use instead of the one `cfg.judge` names (the Python API's plug-in)."""
-    from minidpo.eval import read_heldout
-
     validate(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -241,11 +220,10 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
 
 def main(argv=None) -> dict:
     """`python -m minidpo.iterate`: settings as flags or --config FILE; bad input is one `error:` line."""
-    from minidpo.config import parse_config
-    from minidpo.data import DataError
-
-    try:
-        return iterate(parse_config(argv, IterateConfig, "Iterative on-policy DPO: sample, judge, train again"))
-    except (ConfigError, DataError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    set_offline_environment()
+    summary = {}
+    code = run_cli(lambda: summary.update(
+        iterate(parse_config(argv, IterateConfig, "Iterative on-policy DPO: sample, judge, train again"))))
+    if code:
+        raise SystemExit(code)
+    return summary

@@ -8,9 +8,10 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
+
+from minidpo.fsutil import write_text_atomic
 
 
 @dataclass
@@ -111,11 +112,7 @@ def pair_record(p: Pair) -> dict:
 
 def write_jsonl(path, records) -> None:
     """All lines at once through a temporary file: a file that exists is complete (resume relies on it)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def write_pairs(path, pairs: list[Pair]) -> None:

@@ -16,19 +16,16 @@ import sys
 import tempfile
 from dataclasses import asdict
 
-from minidpo.engine import launch_env
-from minidpo.generation import SamplingSettings
+from minidpo.data import ChatEncoder
+from minidpo.distributed import launch_env
+from minidpo.generation import SamplingSettings, decode_answer, generate_ids, prompt_ids_for
+from minidpo.models import load_model
 
 
 def sample_shard(model_dir: str, prompts_messages: list[list[dict]], k: int, settings: SamplingSettings,
                  batch_size: int, device: str = "auto") -> list[list[str]]:
     """k answers for each prompt, in this process."""
-    from minidpo.generation import decode_answer, generate_ids, prompt_ids_for
-    from minidpo.models import load_model
-
     lm = load_model(model_dir, "policy", device=device, dtype="fp32" if device == "cpu" else "auto")
-    from minidpo.data import ChatEncoder
-
     encoder = ChatEncoder(lm.tokenizer)
     ids = [prompt_ids_for(lm.tokenizer, m, encoder) for m in prompts_messages]
     answers: list[list[str]] = [[] for _ in ids]

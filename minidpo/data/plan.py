@@ -1,9 +1,15 @@
-"""Which pairs go in which batch, on which rank: a pure function of (seed, epoch, rank, world_size)."""
+"""Which pairs go in which batch, on which rank: a pure function of (seed, epoch, rank, world_size).
+
+`Batching` holds the plain values a plan depends on; `epoch_micro_batches` is one rank's micro-batches of
+one epoch, with fixed batches (`batch_plan`) or a token budget (`budget_steps`), so a resumed run skips
+exactly what was done. Pair lengths come from minidpo.data.collate.padded_length.
+"""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 MEGA_CHUNK_STEPS = 50  # steps per length-sorted chunk
 
@@ -128,3 +134,31 @@ def rank_micro_batches(steps: list[list[list[int]]], rank: int, world_size: int)
     if not 0 <= rank < world_size:
         raise ValueError(f"bad rank {rank} for world_size {world_size}")
     return [batch for step in steps for batch in step[rank::world_size]]
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The settings a plan depends on (minidpo.config.BatchSettings + grad_accum's and epochs' values)."""
+
+    batch_size: int
+    grad_accum: int
+    max_tokens_per_batch: int  # 0: fixed batches of batch_size pairs
+    seed: int
+    epochs: int
+    group_by_length: bool = True
+
+    def epoch_micro_batches(self, lengths: Sequence[int], packed_lengths: Sequence[int], epoch: int, rank: int,
+                            world_size: int) -> list[list[int]]:
+        """Rank `rank`'s micro-batches (pair indices) for one epoch. `lengths`: what a batch pads to per pair
+        (packed rows: prompt + both answers; plain rows: prompt + the longer answer); `packed_lengths`:
+        the packed row lengths, which a token budget counts whichever forward runs."""
+        if self.max_tokens_per_batch:  # micro-batch sizes vary
+            return rank_micro_batches(self.epoch_steps(packed_lengths, epoch, world_size), rank, world_size)
+        return batch_plan(lengths, self.batch_size, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
+                          group_by_length=self.group_by_length)
+
+    def epoch_steps(self, packed_lengths: Sequence[int], epoch: int, world_size: int) -> list[list[list[int]]]:
+        """One epoch's optimizer steps under a token budget: steps[s][m * world_size + r] (budget_steps)."""
+        return budget_steps(packed_lengths, self.max_tokens_per_batch, grad_accum=self.grad_accum,
+                            world_size=world_size, seed=self.seed, epoch=epoch, epochs=self.epochs,
+                            group_by_length=self.group_by_length)
