@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from minidpo.config import CHAT_TEMPLATES
 from minidpo.errors import ConfigError, run_cli, set_offline_environment
 
 
@@ -37,7 +38,7 @@ def _add_data_command(subparsers) -> None:
     p.add_argument("--data_format", default="auto",
                    help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl, "
                    "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized)")
-    p.add_argument("--chat_template", choices=("auto", "none"), default="auto",
+    p.add_argument("--chat_template", choices=CHAT_TEMPLATES, default="auto",
                    help="auto (default): the model's chat template; none: raw prompt + answer + EOS (string data)")
     p.add_argument("--index", type=int, default=0, help="which pair to show (default 0)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",

@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from minidpo.config import ConfigError
+from minidpo.errors import ConfigError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "gguf")

@@ -19,7 +19,7 @@ import os
 
 import torch
 
-from minidpo.config import ConfigError
+from minidpo.errors import ConfigError
 
 POLICY = "default"      # the trained adapter (PEFT's default name)
 REFERENCE = "reference"  # --lora_adapter's frozen copy: part of the reference

@@ -36,7 +36,7 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 
-from minidpo.config import ConfigError
+from minidpo.errors import ConfigError
 
 DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "minimind")
 MARKER = "minidpo_minimind.json"  # written last: a folder without it is an unfinished conversion

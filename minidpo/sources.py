@@ -17,7 +17,7 @@ import os
 import shutil
 from collections.abc import Callable
 
-from minidpo.config import ConfigError
+from minidpo.errors import ConfigError
 
 
 class SourceError(ConfigError):

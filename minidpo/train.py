@@ -10,6 +10,7 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 
 from minidpo import checkpoint, lora
 from minidpo.config import RunConfig
@@ -18,7 +19,7 @@ from minidpo.data.collate import real_tokens
 from minidpo.engine import build_policy_engine, build_reference_engine, device
 from minidpo.fault_injection import inject, poison_loss
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
-from minidpo.losses import needs_reference, preference_loss
+from minidpo.losses import RunningRewardMean, loss_names, needs_reference, preference_loss
 from minidpo.metrics import MetricTracker
 from minidpo.models import load_causal_lm
 from minidpo.moe import RouterLoss, sums_over_layers
@@ -67,7 +68,21 @@ def response_lengths(pairs, reduction: str, device) -> tuple[torch.Tensor, torch
 def loss_settings(cfg: RunConfig) -> dict:
     """The run config's settings of `minidpo.losses.preference_loss`."""
     return dict(beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing, rpo_alpha=cfg.rpo_alpha,
-                loss_weights=cfg.loss_weights, simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau)
+                loss_weights=cfg.loss_weights, simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau,
+                f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef)
+
+
+def bco_running_mean(cfg: RunConfig, world_size: int) -> RunningRewardMean | None:
+    """bco_pair's delta: the running mean reward, the same on every rank (one all-reduce a micro-step)."""
+    if "bco_pair" not in loss_names(cfg.loss_type):
+        return None
+    if world_size == 1:
+        return RunningRewardMean()
+
+    def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x / world_size
+    return RunningRewardMean(reduce=mean_over_ranks)
 
 
 def train(cfg: RunConfig) -> dict:
@@ -110,12 +125,16 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
 
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
     tracker.load_state_dict(rank_state.get("metrics"))
+    bco = bco_running_mean(cfg, run.world_size)  # bco_pair's delta, carried across steps and resumes
+    if bco is not None:
+        bco.load_state_dict(rank_state.get("bco"))
     guard = NonFiniteGuard(policy, cfg.max_skipped_steps)
     saved = checkpoint.latest_path(cfg.output_dir)
 
     def save(step: int, export: bool) -> str:
         return checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints,
-                               export=export, rank_state={"metrics": tracker.state_dict()},
+                               export=export, rank_state={"metrics": tracker.state_dict(),
+                                                          **({"bco": bco.state_dict()} if bco else {})},
                                meta={"fingerprint": fingerprint})
     for micro, indices, batch in run.micro_batches(step):
         ref_chosen = ref_rejected = None  # a reference-free loss has none
@@ -133,7 +152,7 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
                                                             chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
-            rejected_lengths=rejected_lengths, **loss_settings(cfg))
+            rejected_lengths=rejected_lengths, bco_delta=bco, **loss_settings(cfg))
         loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss

@@ -1,5 +1,6 @@
 """The preference losses against values computed by hand."""
 
+import json
 import math
 
 import pytest
@@ -11,6 +12,10 @@ from minidpo.losses import LOSS_TYPES, preference_loss
 PC, PR = torch.tensor([-10.0, -20.0]), torch.tensor([-12.0, -15.0])
 RC, RR = torch.tensor([-11.0, -18.0]), torch.tensor([-11.0, -16.0])
 # h = (pc - rc) - (pr - rr): pair 0: (1) - (-1) = 2 ; pair 1: (-2) - (1) = -3
+
+
+def t(values):
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def log_sigmoid(x):
@@ -75,10 +80,43 @@ def test_rpo_adds_the_chosen_per_token_nll():
     (dict(loss_type="kto"), "unknown loss_type 'kto'"),
     (dict(beta=0.0), "beta must be > 0"),
     (dict(label_smoothing=0.5), "label_smoothing must be in [0, 0.5)"),
-    (dict(loss_type="ipo", label_smoothing=0.1), "only applies to loss_type sigmoid, robust, exo_pair, not 'ipo'"),
+    (dict(loss_type="ipo", label_smoothing=0.1),
+     "only applies to loss_type sigmoid, robust, exo_pair, aot, aot_unpaired, not 'ipo'"),
 ])
 def test_bad_settings_are_named(kwargs, message):
     kwargs = {"beta": 0.1, **kwargs}
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):
         preference_loss(PC, PR, RC, RR, **kwargs)
     assert "sigmoid" in LOSS_TYPES
+
+
+def test_ipo_works_on_per_token_means_so_beta_means_the_same_at_any_length():
+    # the same per-token log-ratios on a 2-token and a 200-token answer pair give the same IPO loss
+    losses, _, _ = preference_loss(t([-2.0, -200.0]), t([-4.0, -400.0]), t([-3.0, -300.0]), t([-3.0, -300.0]),
+                                   beta=0.1, loss_type="ipo", chosen_lengths=t([2, 200]),
+                                   rejected_lengths=t([2, 200]))
+    assert losses.tolist() == pytest.approx([(0.5 + 0.5 - 5.0) ** 2] * 2)
+    # with pre-averaged log-probs (logps_reduction mean) the trainer passes lengths of 1: the same number
+    mean, _, _ = preference_loss(t([-1.0]), t([-2.0]), t([-1.5]), t([-1.5]), beta=0.1, loss_type="ipo",
+                                 chosen_lengths=t([1]), rejected_lengths=t([1]))
+    assert mean.tolist() == pytest.approx([(1.0 - 5.0) ** 2])
+
+
+def test_response_lengths_are_what_the_log_probs_sum_over(tmp_path, tiny_model_dir):
+    from minidpo.data import collate_pairs, load_preference_data
+    from minidpo.data.collate import CHOSEN, REJECTED, collate_packed
+    from minidpo.models import load_tokenizer
+    from minidpo.train import response_lengths
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": "yes " * (i + 1), "rejected": "no, " * (3 - i)})
+                            + "\n" for i in range(3)))
+    tok = load_tokenizer(tiny_model_dir)
+    pairs = list(load_preference_data(str(path), tok, max_length=64, cache_dir=None, log=None))
+    chosen, rejected = response_lengths(pairs, "sum", "cpu")
+    plain = collate_pairs(pairs, tok.pad_token_id)["loss_mask"][:, 1:].sum(1)  # the positions sequence_logprobs sums
+    packed = collate_packed(pairs, tok.pad_token_id)["segment_ids"]
+    assert chosen.tolist() == plain[:3].tolist() == (packed == CHOSEN).sum(1).tolist()
+    assert rejected.tolist() == plain[3:].tolist() == (packed == REJECTED).sum(1).tolist()
+    assert chosen.tolist() != rejected.tolist()
+    assert [x.tolist() for x in response_lengths(pairs, "mean", "cpu")] == [[1.0] * 3] * 2

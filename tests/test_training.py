@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pairs_file(tmp_path_factory):
-    """32 arithmetic preference pairs in the seed format."""
+    """32 arithmetic preference pairs (prompt, chosen, rejected strings)."""
     rng = random.Random(0)
     path = tmp_path_factory.mktemp("data") / "pairs.jsonl"
     with open(path, "w") as f:
@@ -246,3 +246,21 @@ def test_activation_checkpointing_changes_memory_not_numbers(tmp_path, tiny_mode
     recomputed = run(tmp_path, "ckpt", tiny_model_dir, pairs_file, activation_checkpointing=1, **common)
     for key in ("loss", "rewards/chosen", "grad_norm"):
         assert [r[key] for r in recomputed] == pytest.approx([r[key] for r in plain], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("over, first_loss", [
+    (dict(loss_type="sigmoid_norm"), math.log(2)),
+    (dict(loss_type="aot"), math.log(2)),
+    (dict(loss_type="aot_unpaired"), math.log(2)),
+    (dict(loss_type="sigmoid", f_divergence_type="js_divergence"), math.log(2)),
+    (dict(loss_type="bco_pair"), 2 * math.log(2)),  # both terms at -log sigmoid(0) while delta is 0
+])
+def test_the_newer_losses_train_on_the_engine(tmp_path, tiny_model_dir, pairs_file, over, first_loss):
+    rows = run(tmp_path, over["loss_type"], tiny_model_dir, pairs_file, max_steps=4, save_interval=2, **over)
+    assert rows[0]["loss"] == pytest.approx(first_loss, abs=1e-4)  # policy == reference at step 0
+    assert all(math.isfinite(r["loss"]) for r in rows) and rows[-1]["loss"] < rows[0]["loss"]
+    state = torch.load(tmp_path / over["loss_type"] / "checkpoints/step_00000004/rng_rank0.pt", weights_only=True)
+    if over["loss_type"] == "bco_pair":  # delta goes on from where it was after a resume
+        assert state["rank_state"]["bco"]["count"] == 4 and math.isfinite(state["rank_state"]["bco"]["mean"])
+    else:
+        assert "bco" not in state["rank_state"]

@@ -17,8 +17,6 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
     plan.py      batch_plan, budget_steps, Batching: deterministic, length-grouped, equal work per rank
 """
 
-from minidpo.errors import DataError
-
 from .chat import ChatEncoder, TokenizedPair, encode_prompt_response
 from .collate import collate_packed, collate_pairs
 from .formats import FORMATS, PreferencePair, detect_format, iter_pairs
@@ -35,7 +33,6 @@ __all__ = [
     "FORMATS",
     "DEFAULT_CACHE_DIR",
     "ChatEncoder",
-    "DataError",
     "DataStats",
     "PreferenceDataset",
     "PreferencePair",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from minidpo.config import ConfigError
+from minidpo.errors import ConfigError
 
 REFERENCES = ("sft", "previous")
 BUILTIN_JUDGES = ("rule", "reward_model", "votes")

@@ -1,0 +1,100 @@
+"""Cheap checks of a run config, before any model or data is loaded: each error is one line naming the setting."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from minidpo.config.sections import (
+    BAD_RECORD_POLICIES,
+    CHAT_TEMPLATES,
+    DTYPES,
+    LOGPS_REDUCTIONS,
+    LossSettings,
+    RunConfig,
+)
+from minidpo.errors import ConfigError
+from minidpo.losses import check_loss_settings, loss_names, needs_reference
+
+def _check_model_path(name: str, path: str, tokenizer: str | None) -> None:
+    if path.endswith(".gguf"):  # converted to a Hugging Face folder once, by minidpo.sources
+        if not os.path.isfile(path):
+            raise ConfigError(f"--{name} {path}: no such GGUF file")
+        return
+    if path.endswith((".pth", ".pt")):  # a MiniMind state dict, converted once by minidpo.sources
+        if not os.path.isfile(path):
+            raise ConfigError(f"--{name} {path}: no such MiniMind checkpoint file")
+        if not tokenizer:
+            raise ConfigError(f"--{name} {path}: a MiniMind .pth holds no tokenizer: pass --tokenizer with "
+                              "MiniMind's tokenizer folder (make ... TOKENIZER=../minimind/model)")
+        return
+    if not os.path.isdir(path):
+        hint = " (run `make sft` to build the demo SFT model)" if path == RunConfig.model else ""
+        raise ConfigError(f"--{name} {path}: not a folder{hint}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"--{name} {path}: no config.json, not a Hugging Face model folder")
+
+
+def validate(cfg) -> None:
+    """Cheap checks of every section the config has; each error is one line naming the setting."""
+    for name in ("model", "ref_model"):
+        path = getattr(cfg, name, None)
+        if path is not None:
+            _check_model_path(name, path, cfg.tokenizer)
+    if not os.path.exists(cfg.data):
+        raise ConfigError(f"--data {cfg.data}: no such file or folder")
+    if not os.path.isfile(cfg.deepspeed):
+        raise ConfigError(f"--deepspeed {cfg.deepspeed}: no such file (see ds_configs/)")
+    choices = [("dtype", DTYPES), ("chat_template", CHAT_TEMPLATES), ("on_bad_record", BAD_RECORD_POLICIES)]
+    if isinstance(cfg, LossSettings):
+        choices.append(("logps_reduction", LOGPS_REDUCTIONS))
+    for name, allowed in choices:
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"--{name} {getattr(cfg, name)}: choose one of {', '.join(allowed)}")
+    if cfg.tokenizer is not None and not os.path.isdir(cfg.tokenizer):
+        raise ConfigError(f"--tokenizer {cfg.tokenizer}: not a folder")
+    if isinstance(cfg, LossSettings):
+        _check_loss(cfg)
+    for name in ("batch_size", "grad_accum", "epochs", "max_length", "log_interval", "keep_checkpoints"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if not 0 < cfg.max_prompt_length < cfg.max_length:
+        raise ConfigError(f"--max_prompt_length must be in (0, max_length={cfg.max_length}), got {cfg.max_prompt_length}")
+    if cfg.learning_rate <= 0 or not 0 <= cfg.min_lr_ratio <= 1:
+        raise ConfigError("--learning_rate must be > 0 and --min_lr_ratio in [0, 1]")
+    check_token_budget(cfg.max_tokens_per_batch)
+    if cfg.activation_checkpointing < 0:
+        raise ConfigError(f"--activation_checkpointing {cfg.activation_checkpointing}: expected 0 (off) or n >= 1 "
+                          "(every n-th layer)")
+    if cfg.max_skipped_steps < 0 or cfg.dist_timeout <= 0 or not math.isfinite(cfg.dist_timeout):
+        raise ConfigError("--max_skipped_steps must be >= 0 and --dist_timeout > 0 (seconds)")
+    check_output_dir(cfg.output_dir)
+
+
+def _check_loss(cfg) -> None:
+    try:
+        check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha, loss_weights=cfg.loss_weights,
+                            simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau,
+                            f_divergence_type=cfg.f_divergence_type,
+                            f_alpha_divergence_coef=cfg.f_alpha_divergence_coef)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if not needs_reference(cfg.loss_type):  # nothing would read a reference model
+        for name in ("ref_model", "precompute_ref"):
+            if getattr(cfg, name):
+                raise ConfigError(f"--{name} does not apply: loss_type {','.join(loss_names(cfg.loss_type))} is "
+                                  "reference-free (no reference model is loaded)")
+
+
+def check_token_budget(value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"--max_tokens_per_batch {value!r}: expected 0 (off) or a number of tokens >= 1")
+
+
+def check_output_dir(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--output_dir {path}: cannot create it ({e.strerror})") from e
+    if not os.access(path, os.W_OK):
+        raise ConfigError(f"--output_dir {path}: not writable")
