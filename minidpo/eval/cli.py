@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from pathlib import Path
 
 from minidpo.errors import ConfigError, run_cli, set_offline_environment
+from minidpo.eval import ifeval
 from minidpo.eval.report import summary_lines
 from minidpo.eval.run import evaluate
 from minidpo.generation import DEFAULTS
 from minidpo.models import DTYPE_CHOICES
+
+IFEVAL_MAX_NEW_TOKENS = 512  # the figures of the model cards and of issue 26 are measured so
 
 
 def load_judge(spec: str | None):
@@ -33,7 +37,11 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
     ap.add_argument("--sft", required=True, help="SFT model: Hugging Face folder or .gguf file")
     ap.add_argument("--dpo", required=True, help="DPO model: Hugging Face folder or .gguf file")
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder, for model files that carry none")
-    ap.add_argument("--data", required=True, help="held-out preference data, any format the trainer reads")
+    ap.add_argument("--data", required=True, help="held-out preference data, any format the trainer reads; with "
+                    "--benchmark ifeval: IFEval's input_data.jsonl (docs/ifeval.md)")
+    ap.add_argument("--benchmark", choices=("ifeval",), default=None,
+                    help="ifeval: greedy answers to IFEval's prompts, its four figures for both models, per kind, KL")
+    ap.add_argument("--limit", type=int, default=None, help="--benchmark: the first N prompts only (a quick look)")
     ap.add_argument("--data_format", default="auto", help="auto, or force a format (as for training)")
     ap.add_argument("--output_dir", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=None,
@@ -42,7 +50,8 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
                     help="package.module:function that judges answers (the demo's: minidpo.demo.judge:judge_heldout); "
                     "default: none, preference metrics, KL and sample answers only")
     ap.add_argument("--n_generate", type=int, default=160, help="held-out records to answer (and judge), stratified over axis x language (-1: all; 0: skip)")
-    ap.add_argument("--max_new_tokens", type=int, default=DEFAULTS.max_new_tokens)
+    ap.add_argument("--max_new_tokens", type=int, default=DEFAULTS.max_new_tokens,
+                    help=f"the sampler's default; with --benchmark ifeval: {IFEVAL_MAX_NEW_TOKENS} unless given")
     ap.add_argument("--temperature", type=float, default=DEFAULTS.temperature, help="0 = greedy")
     ap.add_argument("--top_p", type=float, default=DEFAULTS.top_p)
     ap.add_argument("--top_k", type=int, default=DEFAULTS.top_k, help="0 = off")
@@ -60,12 +69,24 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
 
 
 def run(argv=None, *, prog: str = "python -m minidpo.eval", default_judge: str | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(prog, default_judge).parse_args(argv)
+    if args.benchmark == "ifeval":
+        given = any(a.split("=")[0] == "--max_new_tokens" for a in argv)
+        result = ifeval.evaluate_ifeval(
+            args.sft, args.dpo, args.data, args.output_dir, tokenizer=args.tokenizer, device=args.device,
+            dtype=args.dtype, max_new_tokens=args.max_new_tokens if given else IFEVAL_MAX_NEW_TOKENS,
+            batch_size=args.batch_size, n_kl=args.n_kl,
+            limit=args.limit, allow_pickle=args.allow_pickle_weights)
+        print("\n".join(ifeval.summary_lines(result)))
+        print(f"wrote {Path(args.output_dir) / 'eval.json'} and {Path(args.output_dir) / 'eval.md'}")
+        return result
     result = evaluate(args.sft, args.dpo, args.data, args.output_dir, beta=args.beta, judge=load_judge(args.judge),
                       data_format=args.data_format, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
                       allow_pickle=args.allow_pickle_weights,
                       n_generate=None if args.n_generate < 0 else args.n_generate, n_kl=args.n_kl,
-                      n_examples=args.n_examples, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                      n_examples=args.n_examples, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
                       repetition_penalty=args.repetition_penalty, seed=args.seed)
     for line in summary_lines(result):

@@ -6,6 +6,9 @@ import math
 
 import torch
 
+from minidpo.generation import SamplingSettings, generate_ids
+from minidpo.scoring import score_rows
+
 
 def preference_metrics(sft_c, sft_r, dpo_c, dpo_r, n_c, n_r, beta: float) -> dict:
     """Held-out preference figures from per-pair log-probs (1-D tensors of equal length).
@@ -48,6 +51,20 @@ def judge_table(records: list, sft_ok: list[bool | None], dpo_ok: list[bool | No
         table[axis]["by_lang"] = {lang: cell([i for i in ix if str(records[i].lang) == lang])
                                   for lang in sorted({str(records[i].lang) for i in ix})}
     return table
+
+
+def sampled_kl(policy, reference, prompts: list[list[int]], *, max_new_tokens: int, seed: int, stop_ids, pad_id: int,
+               batch_size: int) -> dict:
+    """KL(policy || reference) at the sequence level: answers sampled from `policy` (LoadedModels) at
+    temperature 1 with no filters, scored as sampled by both (see `sequence_kl`)."""
+    plain = SamplingSettings(max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+                             repetition_penalty=1.0, seed=seed)
+    samples = generate_ids(policy.model, policy.tokenizer, prompts, settings=plain, stop_ids=stop_ids, pad_id=pad_id,
+                           batch_size=batch_size)
+    rows = list(zip(prompts, samples))
+    lp_policy, lens = score_rows(policy.model, rows, pad_id, batch_size=batch_size)
+    lp_reference, _ = score_rows(reference.model, rows, pad_id, batch_size=batch_size)
+    return sequence_kl(lp_policy, lp_reference, lens, [not y or y[-1] not in stop_ids for y in samples], max_new_tokens)
 
 
 def sequence_kl(lp_policy: torch.Tensor, lp_reference: torch.Tensor, n_tokens: torch.Tensor,

@@ -17,7 +17,7 @@ import torch
 from minidpo.data import ChatEncoder
 from minidpo.errors import ModelError
 from minidpo.eval.heldout import HeldoutPair, read_heldout, stratified
-from minidpo.eval.metrics import judge_table, preference_metrics, sequence_kl
+from minidpo.eval.metrics import judge_table, preference_metrics, sampled_kl
 from minidpo.eval.report import write_reports
 from minidpo.generation import DEFAULTS, SamplingSettings, decode_answer, generate_ids, prompt_ids_for
 from minidpo.models import load_model, resolve_beta, same_vocab
@@ -132,13 +132,8 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
     kl_records = stratified(records, settings.n_kl) if settings.n_kl != 0 else []
     if kl_records:
         prompts = [prompt_ids_for(tok, r.prompt_messages, encoder) for r in kl_records]
-        plain = SamplingSettings(max_new_tokens=kl_len, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0,
-                                 seed=sampling.seed + 1)
-        samples = generate_ids(dpo_lm.model, tok, prompts, settings=plain, stop_ids=stops, pad_id=pad, batch_size=bs)
-        kl_rows = list(zip(prompts, samples))
-        lp_dpo, lens = score_rows(dpo_lm.model, kl_rows, pad, batch_size=bs)
-        lp_sft, _ = score_rows(sft_lm.model, kl_rows, pad, batch_size=bs)
-        kl = sequence_kl(lp_dpo, lp_sft, lens, [not y or y[-1] not in stops for y in samples], kl_len)
+        kl = sampled_kl(dpo_lm, sft_lm, prompts, max_new_tokens=kl_len, seed=sampling.seed + 1, stop_ids=stops,
+                        pad_id=pad, batch_size=bs)
 
     result = {"settings": result_settings, "preference": preference, "preference_by_axis": by_axis,
               "judge": judged, "kl": kl, "examples": examples, "seconds": time.time() - t0}

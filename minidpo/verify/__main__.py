@@ -1,0 +1,3 @@
+from minidpo.verify.cli import main
+
+main()
