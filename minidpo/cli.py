@@ -83,7 +83,7 @@ def _add_export_minimind_command(subparsers) -> None:
 
 
 def _export_minimind(args) -> int:
-    from minidpo.minimind import export_minimind, minimind_config_args
+    from minidpo.sources.minimind import export_minimind, minimind_config_args
 
     spec = export_minimind(args.source, args.out)
     print(f"{args.out}: {spec.describe()}\nMiniMind's scripts take it with: {minimind_config_args(spec)}")

@@ -12,7 +12,7 @@ import inspect
 
 import torch
 
-from minidpo.data.collate import CHOSEN, PADDING, REJECTED
+from minidpo.data.collate import CHOSEN, PADDING, REJECTED, is_packed
 from minidpo.packed_attention import NAME as SPLIT_ATTENTION
 from minidpo.packed_attention import packed_layout, stop_split_attention, use_split_attention
 
@@ -299,6 +299,6 @@ def packed_logps(model, batch: dict, reduction: str):
 
 def pair_logps(model, batch: dict, reduction: str):
     """(chosen_logps, rejected_logps, aux_loss or None) for a batch from collate_pairs or collate_packed."""
-    if "segment_ids" in batch:
+    if is_packed(batch):
         return packed_logps(model, batch, reduction)
     return concatenated_logps(model, batch, reduction)

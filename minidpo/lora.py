@@ -7,24 +7,21 @@ adapter, loaded a second time and frozen ("reference").
 
 Exports: `<export>/adapter/` (PEFT layout: adapter_config.json + adapter_model.safetensors) and
 `<export>/` itself, the adapter merged into the base weights, which plain transformers loads.
-An adapter folder given as a model source is merged onto its base once into a cached folder.
+An adapter folder given as a model source is merged onto its base by minidpo.sources.adapter.
 """
 
 from __future__ import annotations
 
-import filecmp
-import hashlib
-import json
 import os
 
 import torch
 
 from minidpo.errors import ConfigError
+from minidpo.sources.adapter import check_same_base, merge_adapter, read_adapter_config
 
 POLICY = "default"      # the trained adapter (PEFT's default name)
 REFERENCE = "reference"  # --lora_adapter's frozen copy: part of the reference
 ADAPTER_DIR = "adapter"  # inside every export folder
-CACHE_DIR = os.path.join(".cache", "minidpo", "lora")
 
 
 def enabled(cfg) -> bool:
@@ -32,7 +29,7 @@ def enabled(cfg) -> bool:
 
 
 def check_settings(cfg) -> None:
-    """Checks that need no model (run by config.validate)."""
+    """Checks that need no model (run with the settings' own checks, before any model is loaded)."""
     if cfg.lora_r < 0:
         raise ConfigError(f"--lora_r {cfg.lora_r}: expected 0 (LoRA off) or a rank >= 1")
     if not enabled(cfg):
@@ -45,19 +42,8 @@ def check_settings(cfg) -> None:
         read_adapter_config(cfg.lora_adapter, "--lora_adapter")
 
 
-def read_adapter_config(path: str, setting: str) -> dict:
-    file = os.path.join(path, "adapter_config.json")
-    if not os.path.isfile(file):
-        raise ConfigError(f"{setting} {path}: no adapter_config.json, not a PEFT adapter folder")
-    with open(file) as f:
-        config = json.load(f)
-    if str(config.get("peft_type", "")).upper() != "LORA":
-        raise ConfigError(f"{setting} {path}: a {config.get('peft_type')} adapter; only LoRA adapters are supported")
-    return config
-
-
 def is_lora(module) -> bool:
-    from peft import PeftModel
+    from peft import PeftModel  # heavy: imported only where LoRA is asked about
 
     return isinstance(getattr(module, "module", module), PeftModel)
 
@@ -89,7 +75,7 @@ def wrap(model, cfg, log=print):
     --lora_target_modules) or a trainable copy of --lora_adapter plus its frozen twin for the reference.
     The adapter is created in the base's dtype (float32 here; DeepSpeed then casts everything to the
     engine's dtype, so ZeRO-3 never sees mixed bf16/fp32 parameters)."""
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, PeftModel, get_peft_model  # heavy: imported only for a LoRA run
 
     if cfg.lora_adapter:
         adapter = read_adapter_config(cfg.lora_adapter, "--lora_adapter")
@@ -168,90 +154,3 @@ def export(engine, tokenizer, out_dir: str, state_dict=None) -> None:
     base = engine.module.peft_config[POLICY].base_model_name_or_path
     merge_adapter(adapter_dir, base, out_dir, dtype=engine_dtype(engine))
     tokenizer.save_pretrained(out_dir)
-
-
-def merge_adapter(adapter_dir: str, base_dir: str, out_dir: str, *, dtype=torch.float32) -> None:
-    """Load the base, apply the adapter with PEFT, merge it into the weights and save a plain HF folder."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    with torch.random.fork_rng(devices=[]):  # PEFT initialises the layers it then loads: keep the run's RNG
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
-        merged = PeftModel.from_pretrained(base, adapter_dir, autocast_adapter_dtype=False).merge_and_unload()
-    merged.to(dtype).save_pretrained(out_dir, safe_serialization=True)
-
-
-# --- the base model an adapter was trained on ---------------------------------------------------
-
-_METADATA = ("_name_or_path", "transformers_version", "dtype", "torch_dtype", "use_cache")
-
-
-def _same_model_folder(a: str, b: str) -> bool:
-    """The same folder, or a copy: equal configs (metadata aside) and byte-equal weight files."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        configs = [json.load(open(os.path.join(p, "config.json"))) for p in (a, b)]
-    except OSError:
-        return False
-    a_config, b_config = ({k: v for k, v in c.items() if k not in _METADATA} for c in configs)
-    if a_config != b_config:
-        return False
-    weights = sorted(f for f in os.listdir(a) if f.endswith((".safetensors", ".bin")))
-    return weights == sorted(f for f in os.listdir(b) if f.endswith((".safetensors", ".bin"))) and all(
-        filecmp.cmp(os.path.join(a, f), os.path.join(b, f), shallow=False) for f in weights)
-
-
-def check_same_base(recorded: str | None, model: str, where: str) -> None:
-    """An adapter trained on another base is an error. A base recorded as a local folder must be
-    --model (or a copy); a hub id that is not on this machine is checked by the shapes when loading."""
-    if recorded and os.path.isdir(recorded) and not _same_model_folder(recorded, model):
-        raise ConfigError(f"{where}: an adapter for base model {recorded}, not for --model {model}")
-
-
-def resolve_base(adapter_dir: str, role: str) -> str:
-    """The adapter's base model as a local HF folder (offline: a folder, a model source minidpo converts,
-    or a hub id already in the local Hugging Face cache)."""
-    from minidpo.sources import hf_folder
-
-    base = read_adapter_config(adapter_dir, role).get("base_model_name_or_path")
-    if not base:
-        raise ConfigError(f"{role} {adapter_dir}: adapter_config.json names no base_model_name_or_path")
-    if os.path.exists(base):
-        return hf_folder(base, role=f"{role} (base of {adapter_dir})")
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(base, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - not in the local cache: one line, what to do
-        raise ConfigError(f"{role} {adapter_dir}: its base model {base!r} is not on this machine "
-                          "(edit base_model_name_or_path in adapter_config.json to a local folder)") from e
-
-
-def merged_folder(adapter_dir: str, role: str = "--model", cache_dir: str | None = None) -> str:
-    """A cached HF folder with the adapter merged onto its base (made once; keyed on the adapter's and
-    the base's files)."""
-    base = resolve_base(adapter_dir, role)
-    h = hashlib.sha256(b"v1")
-    for folder in (adapter_dir, base):
-        h.update(os.path.abspath(folder).encode())
-        for name in sorted(os.listdir(folder)):
-            st = os.stat(os.path.join(folder, name))
-            h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    out = os.path.join(cache_dir or CACHE_DIR, f"{os.path.basename(os.path.normpath(adapter_dir))}-{h.hexdigest()[:16]}")
-    if os.path.isfile(os.path.join(out, "config.json")):
-        return out
-    from transformers import AutoTokenizer
-
-    from minidpo.sources import cached_build
-
-    def write(tmp: str) -> None:
-        try:
-            merge_adapter(adapter_dir, base, tmp)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise ConfigError(f"{role} {adapter_dir}: does not fit its base {base}: "
-                              f"{str(e).strip().splitlines()[0]}") from e
-        has_tokenizer = os.path.isfile(os.path.join(adapter_dir, "tokenizer_config.json"))
-        AutoTokenizer.from_pretrained(adapter_dir if has_tokenizer else base, local_files_only=True).save_pretrained(tmp)
-
-    return cached_build(out, write, marker="config.json")

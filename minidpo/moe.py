@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import torch
 
-from minidpo.data.collate import CHOSEN, PROMPT, REJECTED
+from minidpo.data.collate import CHOSEN, PROMPT, REJECTED, is_packed
 
-SUM_OVER_LAYERS = "router_aux_loss_sum_over_layers"  # config flag written by minidpo.minimind
+SUM_OVER_LAYERS = "router_aux_loss_sum_over_layers"  # config flag written by minidpo.sources.minimind
 
 
 def sums_over_layers(config) -> bool:
@@ -39,7 +39,7 @@ def sums_over_layers(config) -> bool:
 
 def token_weights(batch: dict) -> torch.Tensor:
     """(rows * T,) float weight of each position in the router statistics (module docstring)."""
-    if "segment_ids" in batch:
+    if is_packed(batch):
         seg = batch["segment_ids"]
         w = (seg == PROMPT).float() * 2 + ((seg == CHOSEN) | (seg == REJECTED)).float()
     else:

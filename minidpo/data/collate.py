@@ -86,8 +86,14 @@ def padded_length(pair: TokenizedPair, packed: bool) -> int:
     return pair.max_length
 
 
+def is_packed(batch: dict) -> bool:
+    """A batch of collate_packed ([prompt, chosen, rejected] rows), not of collate_pairs: the one place
+    that tells the two kinds apart."""
+    return "segment_ids" in batch
+
+
 def real_tokens(batch: dict) -> int:
     """Non-padding positions of a batch from collate_pairs or collate_packed."""
-    if "segment_ids" in batch:
+    if is_packed(batch):
         return int((batch["segment_ids"] != PADDING).sum())
     return int(batch["attention_mask"].sum())

@@ -56,7 +56,9 @@ def evaluate_ifeval(sft, dpo, data, out_dir, *, tokenizer: str | None = None, de
     t0 = time.time()
     records = read_ifeval(data)[:limit]
     load = dict(tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle)
-    models = {"sft": load_model(sft, "SFT", **load), "dpo": load_model(dpo, "DPO", **load)}
+    models = {"sft": load_model(sft, "SFT", **load)}
+    same = str(sft) == str(dpo)  # one model's figures (a baseline): answered once, no KL
+    models["dpo"] = models["sft"] if same else load_model(dpo, "DPO", **load)
     if not same_vocab(models["sft"].tokenizer, models["dpo"].tokenizer):
         raise ModelError(f"the tokenizers of {sft} and {dpo} differ: compare a DPO model with the model it came from")
     tok = models["dpo"].tokenizer
@@ -68,8 +70,11 @@ def evaluate_ifeval(sft, dpo, data, out_dir, *, tokenizer: str | None = None, de
         "data": str(data), "prompts": len(records), "limit": limit, "sft_dir": models["sft"].path,
         "dpo_dir": models["dpo"].path, "max_new_tokens": max_new_tokens, "decoding": "greedy",
         "dtype": str(models["dpo"].dtype).replace("torch.", ""), "device": str(models["dpo"].device)}}
+    answered = {}
     for name, lm in models.items():
-        answers = greedy_answers(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        if id(lm) not in answered:
+            answered[id(lm)] = greedy_answers(lm, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        answers = answered[id(lm)]
         scored = [score_prompt(r, a) for r, a in zip(records, answers)]
         result[name] = aggregate(scored)
         write_text_atomic(out / f"answers_{name}.jsonl", "".join(
@@ -79,7 +84,7 @@ def evaluate_ifeval(sft, dpo, data, out_dir, *, tokenizer: str | None = None, de
             json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in scored))
         log(f"{lm.role}: " + ", ".join(f"{FIGURE_NAMES[f]} {100 * result[name][f]:.1f}%" for f in FIGURES))
     result["kl"] = None
-    if n_kl:
+    if n_kl and not same:
         result["kl"] = sampled_kl(models["dpo"], models["sft"], prompts[:n_kl], max_new_tokens=kl_max_new_tokens,
                                   seed=1, stop_ids=models["dpo"].stop_ids, pad_id=models["dpo"].pad_id,
                                   batch_size=batch_size)

@@ -6,10 +6,13 @@ own best-vs-worst pairs, repeat (`make iterate`, `python -m minidpo.iterate`, or
 
     config.py    IterateConfig: the loop's settings (each round's DPO settings are the trainer's run config)
     judges.py    the Judge interface (score(prompt_messages, answer, record) -> float | None), the rule
-                 judge, the reward-model judge; votes are a pair source instead
+                 judge, the reward-model judge, the verifier judge; votes are a pair source instead
+    verifier.py  --judge verify: IFEval-format prompts, scores = share of instructions followed, pairs
+                 with a margin and the edit lever (edits.py: pure string edits that fix one instruction)
     pairs.py     best vs worst per prompt (ties skipped and counted), votes mixed with the data, pair files
     sampling.py  k answers per prompt with the one sampler, split over processes when there are several
-    loop.py      the rounds: sample -> judge -> pairs -> DPO (subprocess, the trainer) -> eval; resume
+    loop.py      the rounds: sample -> judge -> pairs -> DPO (subprocess, the trainer) -> eval (`make eval`'s,
+                 or IFEval's for judge=verify); resume
     summary.py   the table by round: summary.md, summary.json, TensorBoard (x axis = round)
 """
 
@@ -17,6 +20,8 @@ from minidpo.iterate.config import IterateConfig
 from minidpo.iterate.judges import Judge, RewardModelJudge, RuleJudge, make_judge
 from minidpo.iterate.loop import iterate, main
 from minidpo.iterate.pairs import Pair, PairCounts, ScoredPrompt, pairs_from_scores, votes_pairs
+from minidpo.iterate.verifier import VerifyJudge, ifeval_prompts, verify_pairs
 
 __all__ = ["IterateConfig", "Judge", "Pair", "PairCounts", "RewardModelJudge", "RuleJudge", "ScoredPrompt",
-           "iterate", "main", "make_judge", "pairs_from_scores", "votes_pairs"]
+           "VerifyJudge", "ifeval_prompts", "iterate", "main", "make_judge", "pairs_from_scores", "verify_pairs",
+           "votes_pairs"]

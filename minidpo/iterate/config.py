@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from minidpo.errors import ConfigError
 
 REFERENCES = ("sft", "previous")
-BUILTIN_JUDGES = ("rule", "reward_model", "votes")
+BUILTIN_JUDGES = ("rule", "reward_model", "votes", "verify")
 LAUNCHERS = ("deepspeed", "python")
 
 
@@ -19,8 +19,8 @@ class IterateConfig:
     # the models and the data
     model: str = field(default="runs/dpo/export", metadata={"help": "policy of round 1 (the `make train` export)"})
     sft_model: str = field(default="runs/sft/export", metadata={"help": "the SFT model: KL baseline, and the reference when reference=sft"})
-    data: str = field(default="data/demo/train.jsonl", metadata={"help": "prompts to sample for (and, with judge=votes, the original pairs)"})
-    heldout: str = field(default="data/demo/heldout.jsonl", metadata={"help": "held-out data evaluated after each round ('' skips evaluation)"})
+    data: str = field(default="data/demo/train.jsonl", metadata={"help": "prompts to sample for (and, with judge=votes, the original pairs); judge=verify: IFEval's input format"})
+    heldout: str = field(default="data/demo/heldout.jsonl", metadata={"help": "held-out data evaluated after each round ('' skips evaluation); judge=verify: IFEval's input format"})
     output_dir: str = field(default="runs/iterate", metadata={"help": "iteration folder: round_1/, round_2/, ..., summary.md/json"})
     # the loop
     rounds: int = field(default=3, metadata={"help": "rounds of sample -> judge -> pairs -> DPO"})
@@ -34,11 +34,13 @@ class IterateConfig:
     min_pairs: int = field(default=16, metadata={"help": "a round with fewer pairs stops the loop (nothing to learn)"})
     seed: int = field(default=0, metadata={"help": "seed of the prompt draw and of the sampling"})
     # the judge
-    judge: str = field(default="rule", metadata={"help": "rule (the demo's) | reward_model | votes | package.module:factory (factory(cfg) -> judge)"})
+    judge: str = field(default="rule", metadata={"help": "rule (the demo's) | reward_model | votes | verify (IFEval's verifiers) | package.module:factory (factory(cfg) -> judge)"})
     reward_model: str = field(default="", metadata={"help": "judge=reward_model: a local Hugging Face sequence-classification folder"})
     reward_batch_size: int = field(default=32, metadata={"help": "answers per reward-model forward"})
     votes: str = field(default="runs/votes.jsonl", metadata={"help": "judge=votes: the app's blind votes"})
     votes_fraction: float = field(default=0.5, metadata={"help": "judge=votes: share of votes in a round's pairs, the rest drawn from --data"})
+    verify_margin: float = field(default=0.5, metadata={"help": "judge=verify: a pair needs best and worst scores (share of instructions followed) at least this far apart"})
+    verify_edit: bool = field(default=True, metadata={"help": "judge=verify: where no sample follows every instruction, the chosen answer is the best one edited until the verifier passes it (lowercased, commas removed, ...)"})
     # each round's DPO run
     train_config: str = field(default="configs/demo_iterate_dpo.yaml", metadata={"help": "run config of each round's DPO ('' for the trainer's defaults)"})
     train_args: str = field(default="", metadata={"help": "extra trainer flags for every round, e.g. '--epochs 3 --learning_rate 1e-5'"})
@@ -50,6 +52,7 @@ class IterateConfig:
     eval_n_kl: int = field(default=64, metadata={"help": "held-out prompts for KL from the SFT model (0: skip)"})
     eval_start: bool = field(default=True, metadata={"help": "also evaluate the starting policy (round 0 of the table)"})
     eval_max_new_tokens: int = field(default=160, metadata={"help": "token limit of the evaluation's answers"})
+    eval_limit: int = field(default=100, metadata={"help": "judge=verify: the first N prompts of --heldout answered (greedy) per evaluation (-1: all)"})
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -98,6 +101,11 @@ def validate(cfg: IterateConfig) -> None:
             raise ConfigError(f"--votes {cfg.votes}: no such file (vote in the app's blind mode first: `make app`)")
         if not 0 < cfg.votes_fraction <= 1:
             raise ConfigError(f"--votes_fraction must be in (0, 1], got {cfg.votes_fraction}")
+    if cfg.judge == "verify":
+        if not 0 < cfg.verify_margin <= 1:
+            raise ConfigError(f"--verify_margin must be in (0, 1] (a difference of shares of instructions followed), got {cfg.verify_margin}")
+        if cfg.eval_limit == 0 or cfg.eval_limit < -1:
+            raise ConfigError(f"--eval_limit must be >= 1 or -1 (all), got {cfg.eval_limit}")
     if cfg.train_config and not os.path.isfile(cfg.train_config):
         raise ConfigError(f"--train_config {cfg.train_config}: no such file")
     if not os.path.isfile(cfg.deepspeed):

@@ -7,6 +7,7 @@ that need more than the text. Higher is better; only the order of one prompt's a
 
     RuleJudge         the demo's rule judge (minidpo.demo.judge): 1.0 preferred behaviour, 0.0 not
     RewardModelJudge  any local Hugging Face sequence-classification folder, scored in batches
+    VerifyJudge       IFEval's verifiers: the share of the prompt's instructions followed (minidpo.iterate.verifier)
     votes             not a scorer: the app's blind votes become the round's pairs (minidpo.iterate.pairs)
 """
 
@@ -22,6 +23,7 @@ from transformers import AutoModelForSequenceClassification
 from minidpo.data import ChatEncoder
 from minidpo.demo.judge import judge_heldout
 from minidpo.errors import ConfigError, first_line
+from minidpo.iterate.verifier import VerifyJudge
 from minidpo.models import check_model_folder, load_tokenizer, pad_id, pick_device, pick_dtype
 
 
@@ -99,6 +101,8 @@ def make_judge(cfg):
         return RuleJudge()
     if cfg.judge == "reward_model":
         return RewardModelJudge(cfg.reward_model, batch_size=cfg.reward_batch_size)
+    if cfg.judge == "verify":
+        return VerifyJudge()
     if cfg.judge == "votes":
         return None
     module, _, name = cfg.judge.partition(":")

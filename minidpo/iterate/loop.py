@@ -7,7 +7,8 @@
       round_k/pairs.jsonl    the round's pairs (prompt / chosen / rejected messages): the DPO run's --data
       round_k/pairs.json     pair counts and the sampling / judging seconds
       round_k/dpo/           a normal run folder: run_config.json, TensorBoard, checkpoints, export
-      round_k/eval/          `make eval`'s evaluation of the round's export against the SFT model
+      round_k/eval/          `make eval`'s evaluation of the round's export against the SFT model (judge=verify:
+                             IFEval's, minidpo.eval.ifeval, on the first eval_limit prompts of --heldout)
       round_k/round.json     written last: the round is finished
       summary.json, summary.md, tensorboard/
 
@@ -33,6 +34,7 @@ from minidpo.demo.judge import judge_heldout
 from minidpo.distributed import launch_env, trainer_command
 from minidpo.errors import ConfigError, FaultError, run_cli, set_offline_environment
 from minidpo.eval.heldout import read_heldout, stratified
+from minidpo.eval.ifeval import evaluate_ifeval
 from minidpo.eval.run import evaluate
 from minidpo.fsutil import write_text_atomic
 from minidpo.generation import SamplingSettings
@@ -41,6 +43,8 @@ from minidpo.iterate.judges import make_judge, score_all
 from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
 from minidpo.iterate.sampling import sample_answers
 from minidpo.iterate.summary import eval_figures, write_summary
+from minidpo.iterate.verifier import ifeval_prompts, verify_pairs
+from minidpo.verify import read_ifeval
 
 def _read_json(path: Path):
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -80,7 +84,10 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     flat_scores = score_all(judge, flat)
     n = cfg.samples_per_prompt
     groups = [ScoredPrompt(r, ans, flat_scores[i * n:(i + 1) * n]) for i, (r, ans) in enumerate(zip(prompts, answers))]
-    pairs, counts = pairs_from_scores(groups)
+    if cfg.judge == "verify":
+        pairs, counts = verify_pairs(groups, cfg.verify_margin, cfg.verify_edit)
+    else:
+        pairs, counts = pairs_from_scores(groups)
     judged = time.perf_counter()
     write_jsonl(rd / "samples.jsonl", ({"id": g.record.id, "axis": g.record.axis, "lang": g.record.lang,
                                         "prompt": g.record.prompt_messages, "answers": g.answers, "scores": g.scores}
@@ -128,13 +135,19 @@ def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
 
 
 def evaluate_round(cfg: IterateConfig, model: str, rd: Path, k: int) -> tuple[dict | None, float]:
-    """`make eval`'s evaluation (demo judge) of `model` against the SFT model; reused when done."""
+    """`make eval`'s evaluation (demo judge) of `model` against the SFT model, or with judge=verify
+    IFEval's (greedy answers to the first eval_limit prompts of --heldout); reused when done."""
     if not cfg.heldout:
         return None, 0.0
     cached = _read_json(rd / "eval" / "eval.json")
     if cached:
         return cached, 0.0
     started = time.perf_counter()
+    if cfg.judge == "verify":
+        result = evaluate_ifeval(cfg.sft_model, model, cfg.heldout, rd / "eval", max_new_tokens=cfg.eval_max_new_tokens,
+                                 batch_size=cfg.sample_batch_size, n_kl=cfg.eval_n_kl, step=k,
+                                 limit=None if cfg.eval_limit == -1 else cfg.eval_limit)
+        return result, time.perf_counter() - started
     result = evaluate(cfg.sft_model, model, cfg.heldout, rd / "eval", judge=judge_heldout, device="auto",
                       n_generate=cfg.eval_n_generate, n_kl=cfg.eval_n_kl, max_new_tokens=cfg.eval_max_new_tokens,
                       step=k)
@@ -165,7 +178,12 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     check_same_settings(cfg, _read_json(out / "iterate_config.json"))
     _write_json(out / "iterate_config.json", cfg.to_dict())
-    records = read_heldout(cfg.data)
+    if cfg.judge == "verify":  # both files in IFEval's format, checked before any model is loaded
+        records = ifeval_prompts(cfg.data)
+        if cfg.heldout:
+            read_ifeval(cfg.heldout)
+    else:
+        records = read_heldout(cfg.data)
     judge = judge if judge is not None else make_judge(cfg)
     rows: list[dict] = []
     if cfg.eval_start and cfg.heldout:
@@ -173,9 +191,10 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
         rd.mkdir(exist_ok=True)
         log(f"round 0: evaluating the starting policy {cfg.model}")
         result, seconds = evaluate_round(cfg, cfg.model, rd, 0)
-        rows += [{"round": 0, "label": "SFT", "eval": eval_figures(result, "sft")},
-                 {"round": 0, "label": "start", "export": cfg.model, "eval": eval_figures(result),
-                  "seconds": {"eval": seconds}}]
+        start = {"round": 0, "label": "start", "export": cfg.model, "eval": eval_figures(result),
+                 "seconds": {"eval": seconds}}
+        # IFEval's figures carry the SFT model's on every row; the demo's get a row of their own
+        rows += [start] if cfg.judge == "verify" else [{"round": 0, "label": "SFT", "eval": eval_figures(result, "sft")}, start]
         write_summary(out, rows, None)
 
     policy, stopped = cfg.model, None
@@ -194,7 +213,9 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
             info = make_round_pairs(cfg, k, policy, records, judge, rd)
         c = info["pairs"]
         log(f"round {k}: {c['pairs']} pairs" + (f" ({c['skipped']} prompts skipped: {c.get('all_equal', 0)} all "
-            f"equal, {c.get('unscored', 0)} unscored)" if "skipped" in c and "prompts" in c else ""))
+            f"equal, {c.get('unscored', 0)} unscored)" if "skipped" in c and "prompts" in c else "")
+            + (f"; {c['from_edits']} from edits, {c['from_samples']} from sampling alone, {c['below_margin']} "
+               f"prompts below the margin" if "from_edits" in c else ""))
         if c["pairs"] < cfg.min_pairs:
             stopped = (f"round {k} has {c['pairs']} pairs, fewer than min_pairs={cfg.min_pairs} "
                        "(answers the judge cannot tell apart): nothing to learn, the loop stops here")

@@ -50,20 +50,30 @@ class PairCounts:
                 "empty_answers": self.empty_answers}
 
 
+def best_and_worst(g: ScoredPrompt, counts: PairCounts) -> tuple[tuple, tuple] | None:
+    """(score, index) of the prompt's best and worst answer, the first of equals; None (counted as
+    unscored) with fewer than two scored answers. Empty answers take no part and are counted."""
+    empty = [k for k, a in enumerate(g.answers) if not a.strip()]
+    counts.empty_answers += len(empty)
+    scored = [(s, k) for k, s in enumerate(g.scores) if s is not None and k not in empty]
+    if len(scored) < 2:
+        counts.unscored += 1
+        return None
+    best = max(scored, key=lambda t: (t[0], -t[1]))  # highest score, first such answer
+    worst = min(scored, key=lambda t: (t[0], t[1]))  # lowest score, first such answer
+    return best, worst
+
+
 def pairs_from_scores(groups: list[ScoredPrompt]) -> tuple[list[Pair], PairCounts]:
     """Per prompt: the highest-scored answer is chosen, the lowest rejected (the first of equals);
     prompts whose answers all score the same, or with fewer than two scores, give no pair. Empty
     answers take no part (a pair with one cannot be trained on)."""
     pairs, counts = [], PairCounts(prompts=len(groups))
     for g in groups:
-        empty = [k for k, a in enumerate(g.answers) if not a.strip()]
-        counts.empty_answers += len(empty)
-        scored = [(s, k) for k, s in enumerate(g.scores) if s is not None and k not in empty]
-        if len(scored) < 2:
-            counts.unscored += 1
+        ends = best_and_worst(g, counts)
+        if ends is None:
             continue
-        best = max(scored, key=lambda t: (t[0], -t[1]))  # highest score, first such answer
-        worst = min(scored, key=lambda t: (t[0], t[1]))  # lowest score, first such answer
+        best, worst = ends
         if best[0] == worst[0]:
             counts.all_equal += 1
             continue

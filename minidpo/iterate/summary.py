@@ -1,4 +1,7 @@
-"""The iteration's summary by round: summary.json, summary.md and TensorBoard scalars (x axis = round)."""
+"""The iteration's summary by round: summary.json, summary.md and TensorBoard scalars (x axis = round).
+
+Two tables: the demo judge's (judged rates per axis, reward accuracy, KL) and, for judge=verify, IFEval's
+(prompt-level strict and instruction-level loose of the SFT model and of each round's policy, KL)."""
 
 from __future__ import annotations
 
@@ -6,11 +9,17 @@ import json
 import shutil
 from pathlib import Path
 
+from minidpo.eval.ifeval import FIGURES as IFEVAL_FIGURES
+
+IFEVAL_COLUMNS = ("prompt_strict", "instruction_loose")  # the two figures issue 26's targets use
+
 
 def eval_figures(result: dict | None, who: str = "dpo") -> dict:
     """Judged rates per axis, reward accuracy and KL from the SFT model, from an eval.json."""
     if not result:
         return {}
+    if result.get("benchmark") == "ifeval":
+        return ifeval_figures(result)
     judged = {axis: d[f"{who}_rate"] for axis, d in (result.get("judge") or {}).items()}
     out = {"judged": judged}
     if who == "dpo":
@@ -18,6 +27,14 @@ def eval_figures(result: dict | None, who: str = "dpo") -> dict:
         out["kl_from_sft"] = (result.get("kl") or {}).get("kl_sequence")
         out["kl_from_sft_stderr"] = (result.get("kl") or {}).get("kl_sequence_stderr")
     return out
+
+
+def ifeval_figures(result: dict) -> dict:
+    """IFEval's four figures of both models and KL from the SFT model, from minidpo.eval.ifeval's eval.json."""
+    kl = result.get("kl") or {}
+    return {"ifeval": {who: {f: result[who][f] for f in IFEVAL_FIGURES} for who in ("sft", "dpo")},
+            "ifeval_prompts": result["settings"]["prompts"], "kl_from_sft": kl.get("kl_sequence"),
+            "kl_from_sft_stderr": kl.get("kl_sequence_stderr")}
 
 
 def _pct(x) -> str:
@@ -28,7 +45,32 @@ def _num(x, fmt="{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
-def render_markdown(rows: list[dict], stopped: str | None) -> str:
+def _pairs_cell(c: dict) -> str:
+    return f"{c['pairs']} ({c.get('skipped', 0)})" if c else "–"
+
+
+def render_ifeval_markdown(rows: list[dict]) -> list[str]:
+    names = {"prompt_strict": "prompt strict", "instruction_loose": "inst. loose"}
+    head = ["round", "policy", "pairs (skipped)", "from edits", *[f"SFT {names[f]}" for f in IFEVAL_COLUMNS],
+            *[names[f] for f in IFEVAL_COLUMNS], "KL(π‖π_sft)", "sample s", "train s", "eval s"]
+    n = next((r["eval"]["ifeval_prompts"] for r in rows if (r.get("eval") or {}).get("ifeval")), "–")
+    lines = ["# Iterative DPO by round (verifier judge)", "",
+             f"IFEval's figures on {n} held-out prompts (--heldout, greedy): prompt-level strict and "
+             "instruction-level loose, of the SFT model and of the round's policy; pairs from edits: the chosen "
+             "answer is a sample edited until the verifier passed it; KL: sequence-level, nats per answer, "
+             "from the SFT model.", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        e, c, t = r.get("eval") or {}, r.get("pairs") or {}, r.get("seconds") or {}
+        fig = e.get("ifeval") or {}
+        lines.append("| " + " | ".join([
+            str(r["round"]), r.get("label", ""), _pairs_cell(c), str(c.get("from_edits", "–")),
+            *[_pct(fig.get("sft", {}).get(f)) for f in IFEVAL_COLUMNS],
+            *[_pct(fig.get("dpo", {}).get(f)) for f in IFEVAL_COLUMNS], _num(e.get("kl_from_sft")),
+            _num(t.get("sample"), "{:.0f}"), _num(t.get("train"), "{:.0f}"), _num(t.get("eval"), "{:.0f}")]) + " |")
+    return lines
+
+
+def render_demo_markdown(rows: list[dict]) -> list[str]:
     axes = sorted({a for r in rows for a in (r.get("eval") or {}).get("judged", {}) if a != "all"})
     head = ["round", "policy", "pairs (skipped)", *[f"{a}" for a in axes], "all axes", "reward acc.", "KL(π‖π_sft)",
             "sample s", "train s", "eval s"]
@@ -39,12 +81,17 @@ def render_markdown(rows: list[dict], stopped: str | None) -> str:
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         e, c, t = r.get("eval") or {}, r.get("pairs") or {}, r.get("seconds") or {}
-        pairs = f"{c['pairs']} ({c.get('skipped', 0)})" if c else "–"
         lines.append("| " + " | ".join([
-            str(r["round"]), r.get("label", ""), pairs, *[_pct(e.get("judged", {}).get(a)) for a in axes],
+            str(r["round"]), r.get("label", ""), _pairs_cell(c), *[_pct(e.get("judged", {}).get(a)) for a in axes],
             _pct(e.get("judged", {}).get("all")), _pct(e.get("implicit_reward_accuracy")),
             _num(e.get("kl_from_sft")), _num(t.get("sample"), "{:.0f}"), _num(t.get("train"), "{:.0f}"),
             _num(t.get("eval"), "{:.0f}")]) + " |")
+    return lines
+
+
+def render_markdown(rows: list[dict], stopped: str | None) -> str:
+    verify = any((r.get("eval") or {}).get("ifeval") or "from_edits" in (r.get("pairs") or {}) for r in rows)
+    lines = render_ifeval_markdown(rows) if verify else render_demo_markdown(rows)
     if stopped:
         lines += ["", f"**Stopped:** {stopped}"]
     return "\n".join(lines) + "\n"
@@ -55,11 +102,16 @@ def scalars(row: dict) -> dict[str, float]:
     for axis, rate in e.get("judged", {}).items():
         if rate is not None:
             out[f"iterate/judge/{axis}"] = rate
+    for who, figures in e.get("ifeval", {}).items():
+        for f, value in figures.items():
+            out[f"iterate/ifeval/{f}/{'policy' if who == 'dpo' else who}"] = value
     for key in ("implicit_reward_accuracy", "kl_from_sft"):
         if e.get(key) is not None:
             out[f"iterate/{key}"] = e[key]
     if row.get("pairs"):
         out["iterate/pairs"] = row["pairs"]["pairs"]
+        if "from_edits" in row["pairs"]:
+            out["iterate/pairs_from_edits"] = row["pairs"]["from_edits"]
     for key, s in (row.get("seconds") or {}).items():
         out[f"iterate/seconds/{key}"] = s
     return out

@@ -36,9 +36,13 @@ import re
 import sys
 from dataclasses import asdict, dataclass
 
-from minidpo.errors import ConfigError
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Qwen3Config, Qwen3MoeConfig
 
-DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "minimind")
+from minidpo import fsutil
+from minidpo.errors import SourceError, first_line
+
+DEFAULT_CACHE_DIR = fsutil.cache_dir("minimind")
 MARKER = "minidpo_minimind.json"  # written last: a folder without it is an unfinished conversion
 ROPE_THETA = 1e6
 MINIMIND2_HEADS = 8  # minimind2's only head count; its tensors do not show it (no q/k norm)
@@ -49,10 +53,6 @@ SUPPORTED = ("supported: minimind-3 dense or MoE (q/k norms; HF-style names) and
 # rotary tables some MiniMind versions register as buffers: recomputed by every model, not weights
 ROPE_BUFFERS = ("freqs_cos", "freqs_sin", "pos_cis")
 LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-
-
-class MiniMindError(ConfigError):
-    """A MiniMind checkpoint cannot be used; the message names the file, what was found, what works."""
 
 
 @dataclass
@@ -88,21 +88,18 @@ class MiniMindSpec:
 # ------------------------------------------------------------------------------------------- reading
 def load_state_dict(path: str) -> dict:
     """The tensors of a MiniMind weights or resume file, read with `weights_only=True` (no code runs)."""
-    import torch
-
     if not os.path.isfile(path):
-        raise MiniMindError(f"{path}: no such MiniMind checkpoint file")
+        raise SourceError(f"{path}: no such MiniMind checkpoint file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except Exception as e:  # noqa: BLE001 - a truncated zip, a foreign pickle, ...: one line
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MiniMindError(f"{path}: cannot read it as a PyTorch state dict (truncated or not a .pth "
-                            f"file? {type(e).__name__}: {first[:200]}); {SUPPORTED}") from None
+        raise SourceError(f"{path}: cannot read it as a PyTorch state dict (truncated or not a .pth "
+                          f"file? {first_line(e)[:240]}); {SUPPORTED}") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a *_resume.pth file
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise MiniMindError(f"{path}: expected a dict of tensors (a MiniMind weights file) or a resume file "
-                            f"with one under \"model\"; found {type(obj).__name__}")
+        raise SourceError(f"{path}: expected a dict of tensors (a MiniMind weights file) or a resume file "
+                          f"with one under \"model\"; found {type(obj).__name__}")
     out = {}
     for key, value in obj.items():
         for prefix in ("_orig_mod.", "module."):  # torch.compile / DDP wrappers
@@ -120,24 +117,24 @@ def detect(sd: dict, path: str = "checkpoint") -> MiniMindSpec:
     names = set(sd)
     if "tok_embeddings.weight" in names or any(k.startswith("layers.") for k in names):
         found = ", ".join(sorted(k for k in names if k.startswith(("tok_embeddings", "layers.0.")))[:4])
-        raise MiniMindError(f"{path}: the 2025-04-or-older MiniMind layout ({found}, ...) is not supported; "
-                            f"{SUPPORTED}. Load it in that MiniMind version and save it from a current one")
+        raise SourceError(f"{path}: the 2025-04-or-older MiniMind layout ({found}, ...) is not supported; "
+                          f"{SUPPORTED}. Load it in that MiniMind version and save it from a current one")
     if "model.embed_tokens.weight" not in names:
-        raise MiniMindError(f"{path}: no model.embed_tokens.weight: not a MiniMind checkpoint "
-                            f"(first keys: {', '.join(sorted(names)[:4])}); {SUPPORTED}")
+        raise SourceError(f"{path}: no model.embed_tokens.weight: not a MiniMind checkpoint "
+                          f"(first keys: {', '.join(sorted(names)[:4])}); {SUPPORTED}")
     vocab, hidden = _shape(sd, "model.embed_tokens.weight")
     layers = sorted({int(m[1]) for k in names if (m := LAYER_KEY.match(k))})
     if not layers or layers != list(range(len(layers))):
-        raise MiniMindError(f"{path}: decoder layers {layers[:8]} are not numbered 0..n-1; {SUPPORTED}")
+        raise SourceError(f"{path}: decoder layers {layers[:8]} are not numbered 0..n-1; {SUPPORTED}")
     p = "model.layers.0."
     qk_norm = f"{p}self_attn.q_norm.weight" in names
     moe = f"{p}mlp.gate.weight" in names
     if any(".shared_expert" in k for k in names) or (moe and not qk_norm):
-        raise MiniMindError(f"{path}: a minimind2 mixture-of-experts checkpoint (shared expert, top-2 routing) "
-                            f"cannot be converted exactly: no transformers architecture matches it; {SUPPORTED}")
+        raise SourceError(f"{path}: a minimind2 mixture-of-experts checkpoint (shared expert, top-2 routing) "
+                          f"cannot be converted exactly: no transformers architecture matches it; {SUPPORTED}")
     for key in (f"{p}self_attn.q_proj.weight", f"{p}self_attn.k_proj.weight"):
         if key not in names:
-            raise MiniMindError(f"{path}: {key} is missing; {SUPPORTED}")
+            raise SourceError(f"{path}: {key} is missing; {SUPPORTED}")
     q_out, k_out = _shape(sd, f"{p}self_attn.q_proj.weight")[0], _shape(sd, f"{p}self_attn.k_proj.weight")[0]
     if qk_norm:
         head_dim = _shape(sd, f"{p}self_attn.q_norm.weight")[0]
@@ -146,8 +143,8 @@ def detect(sd: dict, path: str = "checkpoint") -> MiniMindSpec:
         head_dim = hidden // MINIMIND2_HEADS
         generation = "minimind2"
     if q_out % head_dim or k_out % head_dim or (q_out // head_dim) % (k_out // head_dim):
-        raise MiniMindError(f"{path}: q_proj {q_out} / k_proj {k_out} outputs do not split into heads of "
-                            f"{head_dim}; {SUPPORTED}")
+        raise SourceError(f"{path}: q_proj {q_out} / k_proj {k_out} outputs do not split into heads of "
+                          f"{head_dim}; {SUPPORTED}")
     experts = 0
     if moe:
         experts = _shape(sd, f"{p}mlp.gate.weight")[0]
@@ -155,7 +152,7 @@ def detect(sd: dict, path: str = "checkpoint") -> MiniMindSpec:
     else:
         key = f"{p}mlp.gate_proj.weight"
         if key not in names:
-            raise MiniMindError(f"{path}: {key} is missing; {SUPPORTED}")
+            raise SourceError(f"{path}: {key} is missing; {SUPPORTED}")
         intermediate = _shape(sd, key)[0]
     tied = "lm_head.weight" not in names or (
         _shape(sd, "lm_head.weight") == (vocab, hidden) and bool((sd["lm_head.weight"] == sd["model.embed_tokens.weight"]).all()))
@@ -199,19 +196,17 @@ def check_strict(sd: dict, spec: MiniMindSpec, path: str) -> None:
     if missing or unexpected:
         parts = ([f"missing {len(missing)} ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"] if missing else []) + \
                 ([f"unexpected {len(unexpected)} ({', '.join(unexpected[:3])}{', ...' if len(unexpected) > 3 else ''})"] if unexpected else [])
-        raise MiniMindError(f"{path}: the tensors do not form a {spec.describe()}: {'; '.join(parts)} "
-                            "(a truncated or hand-edited checkpoint?)")
+        raise SourceError(f"{path}: the tensors do not form a {spec.describe()}: {'; '.join(parts)} "
+                          "(a truncated or hand-edited checkpoint?)")
     for key, shape in want.items():
         if key in sd and tuple(sd[key].shape) != shape:
-            raise MiniMindError(f"{path}: {key} has shape {list(sd[key].shape)}, expected {list(shape)} "
-                                f"for a {spec.describe()}")
+            raise SourceError(f"{path}: {key} has shape {list(sd[key].shape)}, expected {list(shape)} "
+                              f"for a {spec.describe()}")
 
 
 # ---------------------------------------------------------------------------------------- converting
 def hf_config(spec: MiniMindSpec, tokenizer=None):
     """The transformers config that computes what MiniMind's forward computes for this spec."""
-    from transformers import LlamaConfig, Qwen3Config, Qwen3MoeConfig
-
     ids = {}
     if tokenizer is not None:
         ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
@@ -233,8 +228,6 @@ def hf_config(spec: MiniMindSpec, tokenizer=None):
 
 def to_hf_state_dict(sd: dict, spec: MiniMindSpec) -> dict:
     """MiniMind's tensors under the in-memory names of the transformers model (experts fused)."""
-    import torch
-
     out = {k: v for k, v in sd.items() if k.split(".")[-1] not in ROPE_BUFFERS and ".mlp.experts." not in k}
     if spec.tie_word_embeddings:
         out.pop("lm_head.weight", None)
@@ -248,9 +241,6 @@ def to_hf_state_dict(sd: dict, spec: MiniMindSpec) -> dict:
 
 def build_hf_model(sd: dict, spec: MiniMindSpec, tokenizer=None):
     """The transformers model (fp32) holding exactly the checkpoint's weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     config = hf_config(spec, tokenizer)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     state = {k: v.float() for k, v in to_hf_state_dict(sd, spec).items()}
@@ -259,7 +249,7 @@ def build_hf_model(sd: dict, spec: MiniMindSpec, tokenizer=None):
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not (spec.tie_word_embeddings and k == "lm_head.weight")]
     if missing or result.unexpected_keys:  # a bug here, not in the user's file: check_strict passed
-        raise MiniMindError(f"internal: {type(model).__name__} missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+        raise RuntimeError(f"internal: {type(model).__name__} missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
     return model.eval()
 
 
@@ -279,18 +269,16 @@ def cache_key(path: str, tokenizer: str) -> str:
 
 
 def _load_tokenizer(tokenizer: str, path: str, spec: MiniMindSpec):
-    from transformers import AutoTokenizer
-
     if not os.path.isdir(tokenizer):
-        raise MiniMindError(f"--tokenizer {tokenizer}: not a folder (give MiniMind's tokenizer folder, e.g. "
-                            "../minimind/model)")
+        raise SourceError(f"--tokenizer {tokenizer}: not a folder (give MiniMind's tokenizer folder, e.g. "
+                          "../minimind/model)")
     try:
         tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
     except (OSError, ValueError) as e:
-        raise MiniMindError(f"--tokenizer {tokenizer}: cannot load a tokenizer from it: {e}") from None
+        raise SourceError(f"--tokenizer {tokenizer}: cannot load a tokenizer from it: {e}") from None
     if len(tok) > spec.vocab_size:
-        raise MiniMindError(f"--tokenizer {tokenizer}: {len(tok)} tokens but {path} has a vocabulary of "
-                            f"{spec.vocab_size}: not this checkpoint's tokenizer")
+        raise SourceError(f"--tokenizer {tokenizer}: {len(tok)} tokens but {path} has a vocabulary of "
+                          f"{spec.vocab_size}: not this checkpoint's tokenizer")
     return tok
 
 
@@ -300,13 +288,13 @@ def ensure_hf_folder(path: str, tokenizer: str | None, cache_dir: str = DEFAULT_
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     path = str(path)
     if not os.path.isfile(path):
-        raise MiniMindError(f"{path}: no such MiniMind checkpoint file")
+        raise SourceError(f"{path}: no such MiniMind checkpoint file")
     if not tokenizer:
-        raise MiniMindError(f"{path}: a MiniMind .pth holds no tokenizer: pass --tokenizer with MiniMind's "
-                            "tokenizer folder (e.g. --tokenizer ../minimind/model; make ... TOKENIZER=...)")
+        raise SourceError(f"{path}: a MiniMind .pth holds no tokenizer: pass --tokenizer with MiniMind's "
+                          "tokenizer folder (e.g. --tokenizer ../minimind/model; make ... TOKENIZER=...)")
     if not os.path.isdir(tokenizer):
-        raise MiniMindError(f"--tokenizer {tokenizer}: not a folder (give MiniMind's tokenizer folder, e.g. "
-                            "../minimind/model)")
+        raise SourceError(f"--tokenizer {tokenizer}: not a folder (give MiniMind's tokenizer folder, e.g. "
+                          "../minimind/model)")
     stem = os.path.splitext(os.path.basename(path))[0]
     folder = os.path.join(cache_dir, f"{stem}-{cache_key(path, tokenizer)}")
     if os.path.isfile(os.path.join(folder, MARKER)):
@@ -315,12 +303,10 @@ def ensure_hf_folder(path: str, tokenizer: str | None, cache_dir: str = DEFAULT_
     spec = detect(sd, path)
     check_strict(sd, spec, path)
     tok = _load_tokenizer(tokenizer, path, spec)
-    log(f"minidpo.minimind: {path}: {spec.describe()} -> {spec.architecture} in {folder} (once; cached)")
+    log(f"minidpo.sources.minimind: {path}: {spec.describe()} -> {spec.architecture} in {folder} (once; cached)")
     model = build_hf_model(sd, spec, tok)
 
     def write(tmp: str) -> None:
-        import torch
-
         model.generation_config.eos_token_id = tok.eos_token_id
         model.to(getattr(torch, spec.dtype)).save_pretrained(tmp)  # in the checkpoint's own precision
         tok.save_pretrained(tmp)
@@ -328,9 +314,7 @@ def ensure_hf_folder(path: str, tokenizer: str | None, cache_dir: str = DEFAULT_
             json.dump({"source": os.path.realpath(path), "tokenizer": os.path.realpath(tokenizer),
                        "architecture": spec.architecture, **asdict(spec)}, f, indent=2)
 
-    from minidpo.sources import cached_build
-
-    return cached_build(folder, write, marker=MARKER)
+    return fsutil.cached_build(folder, write, marker=MARKER)
 
 
 # ----------------------------------------------------------------------------------------- exporting
@@ -340,27 +324,25 @@ def export_source(path: str) -> str:
         return path
     if os.path.isfile(os.path.join(path, "export", "config.json")):
         return os.path.join(path, "export")
-    raise MiniMindError(f"{path}: neither a Hugging Face model folder nor a run folder with export/config.json")
+    raise SourceError(f"{path}: neither a Hugging Face model folder nor a run folder with export/config.json")
 
 
 def minimind_state_dict(model) -> dict:
     """A transformers Qwen3 / Qwen3-MoE / Llama model's weights in MiniMind's key layout, fp16, experts
     unfused, the tied head saved under lm_head.weight as MiniMind's own state_dict() has it."""
-    import torch
-
     kind = model.config.model_type
     if kind not in ("qwen3", "qwen3_moe", "llama"):
-        raise MiniMindError(f"a {type(model).__name__} ({kind}) has no MiniMind layout: MiniMind is Qwen3 "
-                            "(minimind-3), Qwen3-MoE (its MoE) or Llama (minimind2)")
+        raise SourceError(f"a {type(model).__name__} ({kind}) has no MiniMind layout: MiniMind is Qwen3 "
+                          "(minimind-3), Qwen3-MoE (its MoE) or Llama (minimind2)")
     if kind == "qwen3_moe" and model.config.num_experts_per_tok != MOE_TOP_K:
-        raise MiniMindError(f"this Qwen3-MoE routes to {model.config.num_experts_per_tok} experts per token; "
-                            f"MiniMind's MoE routes to {MOE_TOP_K}")
+        raise SourceError(f"this Qwen3-MoE routes to {model.config.num_experts_per_tok} experts per token; "
+                          f"MiniMind's MoE routes to {MOE_TOP_K}")
     if kind == "llama" and model.config.num_attention_heads != MINIMIND2_HEADS:
-        raise MiniMindError(f"this Llama has {model.config.num_attention_heads} attention heads; minimind2 has "
-                            f"{MINIMIND2_HEADS}")
+        raise SourceError(f"this Llama has {model.config.num_attention_heads} attention heads; minimind2 has "
+                          f"{MINIMIND2_HEADS}")
     theta = (getattr(model.config, "rope_parameters", None) or {}).get("rope_theta")
     if theta is not None and float(theta) != ROPE_THETA:
-        raise MiniMindError(f"rope theta {theta:g}: MiniMind's rotary embeddings use {ROPE_THETA:g}")
+        raise SourceError(f"rope theta {theta:g}: MiniMind's rotary embeddings use {ROPE_THETA:g}")
     out = {}
     for key, value in model.state_dict().items():
         m = re.match(r"^(model\.layers\.\d+\.mlp\.experts)\.(gate_up_proj|down_proj)$", key)
@@ -382,17 +364,12 @@ def minimind_state_dict(model) -> dict:
 
 def export_minimind(source: str, out_path: str) -> MiniMindSpec:
     """Write the fp16 MiniMind state dict of a run folder or Hugging Face folder to `out_path`."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     folder = export_source(source)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
     sd = minimind_state_dict(model)
     spec = detect(sd, folder)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.tmp-{os.getpid()}"
-    torch.save(sd, tmp)
-    os.replace(tmp, out_path)
+    with fsutil.atomic_file(out_path) as tmp:
+        torch.save(sd, tmp)
     return spec
 
 

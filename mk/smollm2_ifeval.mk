@@ -1,0 +1,34 @@
+# Constraint DPO of SmolLM2-135M-Instruct on verifiable instructions, judged by IFEval's verifiers
+# (minidpo.verify), on-policy: `python -m minidpo.iterate --judge verify`. See docs/ifeval.md.
+#   make smollm2-ifeval-data   our own constraint prompts: train.jsonl (600) and a held-out split (150)
+#   make smollm2-ifeval        LoRA DPO rounds from SmolLM2 (about an hour on 2 CPU cores; not measured yet)
+#   make smollm2-ifeval-eval IFEVAL=path/to/input_data.jsonl   IFEval's 541 prompts: SmolLM2 vs the last round
+SMOLLM2_IFEVAL_DATA   ?= $(DATA_DIR)/ifeval
+SMOLLM2_IFEVAL_OUT    ?= runs/smollm2-ifeval
+SMOLLM2_IFEVAL_CONFIG ?= configs/smollm2_ifeval.yaml
+# bf16 where the CPU has bf16 units (avx512_bf16), else fp32
+SMOLLM2_IFEVAL_DTYPE  ?= $(shell grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
+IFEVAL ?=
+
+.PHONY: smollm2-ifeval-data smollm2-ifeval smollm2-ifeval-eval
+
+$(SMOLLM2_IFEVAL_DATA)/train.jsonl: | $(BIN)/.installed
+	$(BIN)/python -m minidpo.verify.prompts --out $(SMOLLM2_IFEVAL_DATA) --n_train 600 --n_heldout 150 --seed 0
+
+smollm2-ifeval-data: $(SMOLLM2_IFEVAL_DATA)/train.jsonl  ## constraint prompts of our own in IFEval's format (train.jsonl, heldout.jsonl)
+
+smollm2-ifeval: smollm2-deps smollm2-ifeval-data  ## on-policy constraint DPO of SmolLM2, verifier judge, ~1 h on 2 cores (estimate), resumable (SMOLLM2_IFEVAL_OUT=, ARGS=)
+	model=$(SMOLLM2_HF) && \
+	$(BIN)/python -m minidpo.iterate --config $(SMOLLM2_IFEVAL_CONFIG) --model "$$model" --sft_model "$$model" \
+		--data $(SMOLLM2_IFEVAL_DATA)/train.jsonl --heldout $(SMOLLM2_IFEVAL_DATA)/heldout.jsonl \
+		--output_dir $(SMOLLM2_IFEVAL_OUT) --nproc $(NPROC) --deepspeed $(DS_CONFIG) \
+		--train_args "--dtype $(SMOLLM2_IFEVAL_DTYPE)" $(ARGS)
+
+smollm2-ifeval-eval: smollm2-deps  ## IFEval (IFEVAL=input_data.jsonl): SmolLM2 vs the last round of smollm2-ifeval
+	@test -n "$(IFEVAL)" || { echo "error: set IFEVAL=path/to/input_data.jsonl (IFEval's 541 prompts: instruction_following_eval/data/input_data.jsonl in github.com/google-research/google-research, or the google/IFEval dataset as JSONL; nothing here downloads it, see docs/ifeval.md)" >&2; exit 2; }
+	@test -f $(SMOLLM2_IFEVAL_OUT)/summary.json || { echo "error: $(SMOLLM2_IFEVAL_OUT)/summary.json not found: run make smollm2-ifeval first" >&2; exit 2; }
+	model=$(SMOLLM2_HF) && \
+	dpo=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["rounds"][-1]["export"])' \
+		$(SMOLLM2_IFEVAL_OUT)/summary.json) && \
+	$(BIN)/python -m minidpo.eval --benchmark ifeval --data $(IFEVAL) --sft "$$model" --dpo "$$dpo" \
+		--output_dir $(SMOLLM2_IFEVAL_OUT)/ifeval $(ARGS)
