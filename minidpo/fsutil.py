@@ -8,9 +8,10 @@ Bottom layer: imports nothing of minidpo. Every writer of a file another run or 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 PARTIAL = ".partial"  # suffix of a folder being written; renamed to its final name once complete
 CACHE_ROOT = os.path.join(".cache", "minidpo")  # relative to the working directory: the project's own
@@ -66,6 +67,11 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[str]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def write_jsonl_atomic(path: str | os.PathLike, records: Iterable) -> None:
+    """One JSON object a line, all lines at once: a file that exists is complete (resume relies on it)."""
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 def commit_folder(partial: str, final: str) -> None:

@@ -36,6 +36,7 @@ from minidpo.demo.templates import (
     STRUCTURE_INTROS, STRUCTURE_OUTROS, STRUCTURE_POINTS, STRUCTURE_PROMPTS, STRUCTURE_REJECTED, TOPICS,
     WRONG_OFFSETS,
 )
+from minidpo.fsutil import write_jsonl_atomic
 
 AXES = ("refusal", "structure", "language", "fact")  # the default data set
 ALL_AXES = AXES + ("arithmetic",)  # arithmetic: see the note at templates.ARITH_PROMPTS
@@ -257,11 +258,6 @@ def manifest(train: list[dict], heldout: list[dict], seed: int) -> dict:
     }
 
 
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-
 
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
@@ -273,8 +269,8 @@ def write_dataset(out_dir, seed: int = 0, n_train: int = 4000, n_heldout: int = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train, heldout = generate(seed, n_train, n_heldout)
-    write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "heldout.jsonl", heldout)
+    write_jsonl_atomic(out / "train.jsonl", train)
+    write_jsonl_atomic(out / "heldout.jsonl", heldout)
     man = manifest(train, heldout, seed)
     (out / "manifest.json").write_text(json.dumps(man, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return man

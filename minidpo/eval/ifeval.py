@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from minidpo.data import ChatEncoder
 from minidpo.errors import ModelError
 from minidpo.eval.metrics import sampled_kl
-from minidpo.fsutil import write_text_atomic
+from minidpo.fsutil import write_jsonl_atomic, write_text_atomic
 from minidpo.generation import SamplingSettings, decode_answer, generate_ids, prompt_ids_for
 from minidpo.metrics import progress
 from minidpo.models import load_model, same_vocab
@@ -77,11 +77,9 @@ def evaluate_ifeval(sft, dpo, data, out_dir, *, tokenizer: str | None = None, de
         answers = answered[id(lm)]
         scored = [score_prompt(r, a) for r, a in zip(records, answers)]
         result[name] = aggregate(scored)
-        write_text_atomic(out / f"answers_{name}.jsonl", "".join(
-            json.dumps({"key": r.key, "prompt": r.prompt, "response": a}, ensure_ascii=False) + "\n"
-            for r, a in zip(records, answers)))
-        write_text_atomic(out / f"details_{name}.jsonl", "".join(
-            json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in scored))
+        write_jsonl_atomic(out / f"answers_{name}.jsonl",
+                           ({"key": r.key, "prompt": r.prompt, "response": a} for r, a in zip(records, answers)))
+        write_jsonl_atomic(out / f"details_{name}.jsonl", (s.to_json() for s in scored))
         log(f"{lm.role}: " + ", ".join(f"{FIGURE_NAMES[f]} {100 * result[name][f]:.1f}%" for f in FIGURES))
     result["kl"] = None
     if n_kl and not same:

@@ -36,11 +36,11 @@ from minidpo.errors import ConfigError, FaultError, run_cli, set_offline_environ
 from minidpo.eval.heldout import read_heldout, stratified
 from minidpo.eval.ifeval import evaluate_ifeval
 from minidpo.eval.run import evaluate
-from minidpo.fsutil import write_text_atomic
+from minidpo.fsutil import write_jsonl_atomic, write_text_atomic
 from minidpo.generation import SamplingSettings
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import make_judge, score_all
-from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_jsonl, write_pairs
+from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_pairs
 from minidpo.iterate.sampling import sample_answers
 from minidpo.iterate.summary import eval_figures, write_summary
 from minidpo.iterate.verifier import ifeval_prompts, verify_pairs
@@ -89,7 +89,7 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     else:
         pairs, counts = pairs_from_scores(groups)
     judged = time.perf_counter()
-    write_jsonl(rd / "samples.jsonl", ({"id": g.record.id, "axis": g.record.axis, "lang": g.record.lang,
+    write_jsonl_atomic(rd / "samples.jsonl", ({"id": g.record.id, "axis": g.record.axis, "lang": g.record.lang,
                                         "prompt": g.record.prompt_messages, "answers": g.answers, "scores": g.scores}
                                        for g in groups))
     write_pairs(rd / "pairs.jsonl", pairs)

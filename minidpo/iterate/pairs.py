@@ -7,11 +7,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 
-from minidpo.fsutil import write_text_atomic
+from minidpo.fsutil import write_jsonl_atomic
 
 
 @dataclass
@@ -120,10 +119,5 @@ def pair_record(p: Pair) -> dict:
     return rec
 
 
-def write_jsonl(path, records) -> None:
-    """All lines at once through a temporary file: a file that exists is complete (resume relies on it)."""
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
 def write_pairs(path, pairs: list[Pair]) -> None:
-    write_jsonl(path, (pair_record(p) for p in pairs))
+    write_jsonl_atomic(path, (pair_record(p) for p in pairs))

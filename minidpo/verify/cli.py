@@ -4,9 +4,9 @@ on IFEval-format prompts; prints the four figures and the accuracy per instructi
 from __future__ import annotations
 
 import argparse
-import json
 
 from minidpo.errors import run_cli
+from minidpo.fsutil import write_jsonl_atomic
 from minidpo.verify.records import match_answers, read_answers, read_ifeval
 from minidpo.verify.scoring import score
 
@@ -56,10 +56,9 @@ def run(argv=None) -> dict:
     if unmatched:
         print(f"{len(unmatched)} answers name no prompt of {args.input} (ignored; first on line {unmatched[0].line})")
     if args.details:
-        with open(args.details, "w", encoding="utf-8") as f:
-            for record, response, result in zip(records, responses, results):
-                row = {**result.to_json(), "prompt": record.prompt, "kwargs": record.kwargs, "response": response}
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        write_jsonl_atomic(args.details, ({**result.to_json(), "prompt": record.prompt, "kwargs": record.kwargs,
+                                           "response": response}
+                                          for record, response, result in zip(records, responses, results)))
         print(f"wrote {args.details}")
     return summary
 

@@ -12,12 +12,12 @@ paraphrases them.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from collections import Counter
 from pathlib import Path
 
 from minidpo.errors import ConfigError, run_cli
+from minidpo.fsutil import write_jsonl_atomic
 from minidpo.verify import tasks as T
 from minidpo.verify.constraints import KINDS, compatible
 from minidpo.verify.records import IFEvalRecord
@@ -117,11 +117,6 @@ def generate(n: int, split: str, seed: int) -> list[IFEvalRecord]:
     return records
 
 
-def write_jsonl(path: Path, records: list[IFEvalRecord]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for record in records:
-            f.write(json.dumps(record.to_json(), ensure_ascii=False) + "\n")
-
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m minidpo.verify.prompts",
@@ -144,7 +139,7 @@ def run(argv=None) -> dict[str, list[IFEvalRecord]]:
     splits = {"train": generate(args.n_train, "train", args.seed),
               "heldout": generate(args.n_heldout, "heldout", args.seed)}
     for split, records in splits.items():
-        write_jsonl(out / f"{split}.jsonl", records)
+        write_jsonl_atomic(out / f"{split}.jsonl", (r.to_json() for r in records))
         kinds = Counter(kind for record in records for kind in record.instruction_id_list)
         print(f"wrote {out / f'{split}.jsonl'}: {len(records)} prompts, {sum(kinds.values())} instructions "
               f"of {len(kinds)} kinds")
