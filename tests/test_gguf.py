@@ -196,10 +196,12 @@ def test_cache_key_follows_the_file(tmp_path):
 
 
 def test_cli_prints_only_the_folder(tmp_path, capsys):
-    gguf.main([str(tmp_path)])
+    from minidpo.sources.__main__ import main
+
+    main([str(tmp_path)])
     assert capsys.readouterr().out == f"{tmp_path}\n"
     with pytest.raises(SystemExit) as e:
-        gguf.main([str(tmp_path / "x.gguf")])
+        main([str(tmp_path / "x.gguf")])
     assert e.value.code == 2 and "x.gguf: no such GGUF file" in capsys.readouterr().err
 
 

