@@ -55,6 +55,27 @@ def test_ifeval_benchmark_end_to_end(tiny_model_dir, ifeval_file, tmp_path, caps
     assert "prompt-level strict" in md and "startend:end_checker" in md
     assert json.loads((out / "eval.json").read_text())["benchmark"] == "ifeval"
 
+    # the SFT answers of that run reused: the same SFT figures and answers, the DPO model answers again
+    again_out = tmp_path / "again"
+    common = ["--benchmark", "ifeval", "--sft", tiny_model_dir, "--dpo", str(other), "--data", str(ifeval_file),
+              "--n_kl", "0", "--batch_size", "2", "--sft_answers", str(out / "answers_sft.jsonl")]
+    again = main(common + ["--output_dir", str(again_out), "--max_new_tokens", "12"])
+    assert again["sft"] == res["sft"] and again["dpo"] == res["dpo"]
+    assert (again_out / "answers_sft.jsonl").read_text() == (out / "answers_sft.jsonl").read_text()
+    assert again["settings"]["sft_answers"] == str(out / "answers_sft.jsonl")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:  # answers made with another max_new_tokens are refused
+        main(common + ["--output_dir", str(tmp_path / "o2"), "--max_new_tokens", "20"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert e.value.code == 2 and len(err) == 1 and "max_new_tokens 12, this one 20" in err[0]
+    partial = tmp_path / "partial" / "answers_sft.jsonl"
+    partial.parent.mkdir()
+    partial.write_text((out / "answers_sft.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(SystemExit) as e:  # a prompt without an answer is named
+        main(common[:-1] + [str(partial), "--output_dir", str(tmp_path / "o3"), "--max_new_tokens", "12"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert e.value.code == 2 and len(err) == 1 and "no answer for 2 of the 3 prompts (first: key 2)" in err[0]
+
 
 def test_ifeval_bad_file_is_one_line(tiny_model_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"

@@ -42,6 +42,9 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
     ap.add_argument("--benchmark", choices=("ifeval",), default=None,
                     help="ifeval: greedy answers to IFEval's prompts, its four figures for both models, per kind, KL")
     ap.add_argument("--limit", type=int, default=None, help="--benchmark: the first N prompts only (a quick look)")
+    ap.add_argument("--sft_answers", default=None,
+                    help="--benchmark ifeval: an earlier run's answers_sft.jsonl (same data, SFT model, dtype and "
+                    "max_new_tokens): only the DPO model answers")
     ap.add_argument("--data_format", default="auto", help="auto, or force a format (as for training)")
     ap.add_argument("--output_dir", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=None,
@@ -77,7 +80,7 @@ def run(argv=None, *, prog: str = "python -m minidpo.eval", default_judge: str |
             args.sft, args.dpo, args.data, args.output_dir, tokenizer=args.tokenizer, device=args.device,
             dtype=args.dtype, max_new_tokens=args.max_new_tokens if given else IFEVAL_MAX_NEW_TOKENS,
             batch_size=args.batch_size, n_kl=args.n_kl,
-            limit=args.limit, allow_pickle=args.allow_pickle_weights)
+            limit=args.limit, allow_pickle=args.allow_pickle_weights, sft_answers=args.sft_answers)
         print("\n".join(ifeval.summary_lines(result)))
         print(f"wrote {Path(args.output_dir) / 'eval.json'} and {Path(args.output_dir) / 'eval.md'}")
         return result
