@@ -196,3 +196,11 @@ def test_one_verify_round_from_the_command_line(tmp_path, tiny_model_dir):
     assert set(rows[0]["eval"]["ifeval"]) == {"sft", "dpo"} and rows[0]["eval"]["kl_from_sft"] is not None
     table = (out / "summary.md").read_text()
     assert "SFT prompt strict" in table and "from edits" in table and "| 1 | round 1 |" in table
+
+    # continued with one more round: the SFT model's held-out answers of round 1 are reused, not made again
+    cmd[cmd.index("--rounds") + 1] = "2"
+    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ev2 = json.loads((out / "round_2" / "eval" / "eval.json").read_text())
+    assert ev2["settings"]["sft_answers"] == str(rd / "eval" / "answers_sft.jsonl") and ev2["sft"] == ev["sft"]
+    assert "IFEval answers (SFT)" not in done.stderr and "IFEval answers (DPO)" in done.stderr

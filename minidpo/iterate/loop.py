@@ -146,12 +146,21 @@ def evaluate_round(cfg: IterateConfig, model: str, rd: Path, k: int) -> tuple[di
     if cfg.judge == "verify":
         result = evaluate_ifeval(cfg.sft_model, model, cfg.heldout, rd / "eval", max_new_tokens=cfg.eval_max_new_tokens,
                                  batch_size=cfg.sample_batch_size, n_kl=cfg.eval_n_kl, step=k,
-                                 limit=None if cfg.eval_limit == -1 else cfg.eval_limit)
+                                 limit=None if cfg.eval_limit == -1 else cfg.eval_limit,
+                                 sft_answers=earlier_sft_answers(rd))
         return result, time.perf_counter() - started
     result = evaluate(cfg.sft_model, model, cfg.heldout, rd / "eval", judge=judge_heldout, device="auto",
                       n_generate=cfg.eval_n_generate, n_kl=cfg.eval_n_kl, max_new_tokens=cfg.eval_max_new_tokens,
                       step=k)
     return result, time.perf_counter() - started
+
+
+def earlier_sft_answers(rd: Path) -> Path | None:
+    """The SFT model's greedy held-out answers from an earlier round: the same every round, so answered once."""
+    for answers in sorted(rd.parent.glob("round_*/eval/answers_sft.jsonl")):
+        if answers.parent.parent != rd and (answers.parent / "eval.json").is_file():
+            return answers
+    return None
 
 
 # what may change when an iteration is continued: more rounds, where it lives, how it is run
