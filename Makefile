@@ -47,9 +47,9 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed  ## create .venv and install minidpo into it
 
-# TRL for the bench (and its test), pinned torch in the same command so pip keeps the CPU wheel
+# TRL for the bench (and its test), the trackers for theirs; pinned torch in the same command so pip keeps the CPU wheel
 $(BIN)/.bench-installed: $(BIN)/.installed
-	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)" -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q $(PIP_ARGS) "$(TORCH_SPEC)" -e '.[dev,bench,trackers]'
 	@touch $@
 
 $(DATA_DIR)/train.jsonl: | $(BIN)/.installed
@@ -88,10 +88,15 @@ iterate: $(BIN)/.installed  ## on-policy DPO rounds + eval after each, resumable
 		--output_dir $(ITER_OUT) --nproc $(NPROC) --deepspeed $(DS_CONFIG) $(ARGS)
 
 # the page's example prompts, chosen by measurement once per DPO run (app/pick_examples.py)
-app: $(BIN)/.installed  ## SFT and DPO side by side at http://127.0.0.1:$(PORT) (SFT=, DPO=, TOKENIZER=)
-	@test -f $(dir $(DPO))app_examples.json || ! test -f $(DATA_DIR)/heldout.jsonl || \
+# MODELS=a,b,c (model sources, name=source, or run folders): a pool for the arena; SFT= / DPO= given on the
+# command line join it as the default pair
+MODELS     ?=
+app: $(BIN)/.installed  ## SFT and DPO side by side, the arena, the leaderboard at http://127.0.0.1:$(PORT) (SFT=, DPO=, MODELS=a,b,c|runs, TOKENIZER=)
+	@test -n "$(MODELS)" || test -f $(dir $(DPO))app_examples.json || ! test -f $(DATA_DIR)/heldout.jsonl || \
 		$(BIN)/python -m app.pick_examples --sft $(SFT) --dpo $(DPO) --data $(DATA_DIR)/heldout.jsonl $(if $(TOKENIZER),--tokenizer $(TOKENIZER))
-	$(BIN)/python -m app.compare --sft $(SFT) --dpo $(DPO) $(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --port $(PORT) $(ARGS)
+	$(BIN)/python -m app.compare $(if $(MODELS),--models $(MODELS) $(if $(filter command line,$(origin SFT)),--sft $(SFT)) \
+		$(if $(filter command line,$(origin DPO)),--dpo $(DPO)),--sft $(SFT) --dpo $(DPO)) \
+		$(if $(TOKENIZER),--tokenizer $(TOKENIZER)) --port $(PORT) $(ARGS)
 
 tensorboard: $(BIN)/.installed  ## serve the runs' TensorBoard logs on 127.0.0.1:6006
 	$(BIN)/tensorboard --logdir runs --host 127.0.0.1 --port 6006

@@ -1,4 +1,5 @@
-"""The page's event handlers: thin functions over `Session` (the answers as data) and `VoteWriter`.
+"""The page's event handlers: thin functions over `Session` (the answers as data), the pool of models,
+the arena (`app.battle`) and `VoteWriter`.
 
 Each handler takes the prompt, the system prompt and the six sampling settings as the page sends them,
 and yields the page's strings; all of them can be called from a test without a browser.
@@ -6,15 +7,18 @@ and yields the page's strings; all of them can be called from a test without a b
 
 from __future__ import annotations
 
-import random
-import secrets
+import html
 import threading
 import traceback
 from dataclasses import asdict
 
+from app.battle import Arena
+from app.leaderboard import leaderboard, read_battles
+from app.pool import Pool
 from app.session import Answer, CannotStart, Session, settings_from
+from app.views import heatmap_html, leaderboard_html, token_html
 from app.votes import DEFAULT_VOTES, VoteRefused, VoteWriter
-from minidpo.errors import first_line
+from minidpo.errors import DataError, first_line
 from minidpo.models import LoadedModel, load_model, resolve_beta
 
 STOPPED = "**Stopped:** partial answers kept, no rewards computed."
@@ -32,33 +36,59 @@ def _fmt_reward(r: float | None) -> str:
 
 
 class Comparer:
-    """The app's handlers over a `Session` of two models; `votes_path` is where blind votes go."""
+    """The app's handlers over a pool of models. The side by side shows any two of the pool (`pair`:
+    left = the reference of the implicit rewards, right = the policy; default SFT vs DPO); the arena
+    (`self.arena`) draws pairs from the whole pool; `votes_path` is where votes go."""
 
-    def __init__(self, sft: LoadedModel, dpo: LoadedModel, *, beta: float | None = None, beta_source: str | None = None,
+    def __init__(self, sft: LoadedModel | None = None, dpo: LoadedModel | None = None, *, pool: Pool | None = None,
+                 pair: tuple[str, str] | None = None, beta: float | None = None, beta_source: str | None = None,
                  votes_path=DEFAULT_VOTES):
-        if beta is None:
-            beta, beta_source = resolve_beta(None, dpo.path)
-        self.session = Session(sft, dpo, beta=beta, beta_source=beta_source or "--beta")
+        if pool is None:  # two loaded models: a pool of exactly them, named by their roles
+            pool = Pool({sft.role: sft.path, dpo.role: dpo.path}, loaded={sft.role: sft, dpo.role: dpo})
+            pair = (sft.role, dpo.role)
+        self.pool = pool
+        self.pair = tuple(pair or pool.names[:2])
+        self._beta_flag = None if beta is None else (float(beta), beta_source or "--beta")
         self.votes = VoteWriter(votes_path)
         self._stop_flags: dict[str | None, threading.Event] = {}
+        self._finished: dict[str | None, dict] = {}  # per browser session: the last side-by-side answers
+        self.arena = Arena(self)
 
     @classmethod
     def from_dirs(cls, sft_dir, dpo_dir, *, device="auto", dtype="auto", tokenizer=None, beta=None,
                   allow_pickle=False, **kwargs):
         """Load both models; beta from the DPO run's run_config.json unless given."""
-        beta, source = resolve_beta(beta, dpo_dir)
         load = dict(tokenizer=tokenizer, device=device, dtype=dtype, allow_pickle=allow_pickle)
-        return cls(load_model(sft_dir, "SFT", **load), load_model(dpo_dir, "DPO", **load),
-                   beta=beta, beta_source=source, **kwargs)
+        return cls(load_model(sft_dir, "SFT", **load), load_model(dpo_dir, "DPO", **load), beta=beta, **kwargs)
+
+    def beta_for(self, right: str) -> tuple[float, str]:
+        """β of the implicit rewards with `right` as the policy: --beta, else its run's run_config.json."""
+        return self._beta_flag or resolve_beta(None, self.pool.sources[right])
+
+    def session_for(self, left: str | None = None, right: str | None = None) -> Session:
+        """A Session of two pool models (loaded now if needed; default: the side by side's pair)."""
+        left, right = left or self.pair[0], right or self.pair[1]
+        beta, source = self.beta_for(right)
+        return Session(self.pool.get(left, keep=(right,)), self.pool.get(right, keep=(left,)), beta=beta,
+                       beta_source=source, shared_tokenizer=self.pool.shared_tokenizer(left, right))
 
     # what the page and the tests read
-    sft = property(lambda self: self.session.sft)
-    dpo = property(lambda self: self.session.dpo)
-    beta = property(lambda self: self.session.beta)
-    beta_source = property(lambda self: self.session.beta_source)
-    shared_tokenizer = property(lambda self: self.session.shared_tokenizer)
+    session = property(lambda self: self.session_for())
+    sft = property(lambda self: self.pool.get(self.pair[0], keep=self.pair))
+    dpo = property(lambda self: self.pool.get(self.pair[1], keep=self.pair))
+    beta = property(lambda self: self.beta_for(self.pair[1])[0])
+    beta_source = property(lambda self: self.beta_for(self.pair[1])[1])
+    shared_tokenizer = property(lambda self: self.pool.shared_tokenizer(*self.pair))
     max_positions = property(lambda self: self.session.max_positions)
     votes_path = property(lambda self: self.votes.path)
+
+    def vote(self, comparison: dict | None, choice: str):
+        """Record an arena / blind vote ("A", "B", "tie", "both_bad" or "skip"); see `Arena.vote`."""
+        return self.arena.vote(comparison, choice)
+
+    def blind(self, *args, **kwargs):
+        """Stream an anonymous pair of answers; see `Arena.battle`."""
+        yield from self.arena.battle(*args, **kwargs)
 
     # -- stopping -------------------------------------------------------------------------------
     # Stop is cooperative: the running generator sees the flag, keeps the partial answers and ends
@@ -72,127 +102,123 @@ class Comparer:
         flag = self._stop_flags[session] = threading.Event()
         return flag
 
-    def _start(self, prompt, system, settings_values):
+    def _start(self, session: Session, prompt, system, settings_values, history=()):
         """-> (Request, None) or (None, message for people)."""
         try:
-            return self.session.prepare(prompt, system, settings_from(*settings_values)), None
+            return session.prepare(prompt, system, settings_from(*settings_values), history), None
         except CannotStart as exc:
             _warn(str(exc))
             return None, str(exc)
 
-    def _stats(self, a: Answer, reward: float | None = None, show_reward: bool = False) -> str:
+    def _stats(self, a: Answer, reward: float | None = None, show_reward: bool = False, *, policy: str = "DPO",
+               reference: str = "SFT", beta: float | None = None) -> str:
         parts = [f"**{a.n_tokens} tokens**", f"{a.tokens_per_s:.1f} tokens/s"]
         if a.done:
             parts.append(f"stopped: {a.stop_reason}")
         text = " · ".join(parts)
         if show_reward:
-            text += f"  \nimplicit reward β·log(πDPO/πSFT) = **{_fmt_reward(reward)}** (β = {self.beta:g})"
+            text += (f"  \nimplicit reward β·log(π{policy}/π{reference}) = **{_fmt_reward(reward)}** "
+                     f"(β = {self.beta if beta is None else beta:g})")
         return text
 
     # -- side by side ---------------------------------------------------------------------------
 
-    def compare(self, prompt, system, *settings_values, session: str | None = None):
-        """Stream both answers. Yields (sft_text, dpo_text, sft_stats, dpo_stats, status) tuples.
-        settings_values: max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed."""
+    def compare(self, prompt, system, *settings_values, session: str | None = None, left: str | None = None,
+                right: str | None = None, colour: bool = False):
+        """Stream two answers of the pool (default: the side by side's pair). Yields (left_text, right_text,
+        left_stats, right_stats, status) tuples. settings_values: max_new_tokens, temperature, top_p, top_k,
+        repetition_penalty, seed. colour: score per token (`token_colours` shows it), the rewards being the
+        tokens' sums; one scoring pass per answer either way."""
         stop = self._fresh_stop_flag(session)
-        request, problem = self._start(prompt, system, settings_values)
+        self._finished.pop(session, None)
+        left, right = left or self.pair[0], right or self.pair[1]
+        try:
+            pair = self.session_for(left, right)
+        except Exception as exc:  # noqa: BLE001 - a model that fails to load: a message in the page
+            message = f"Could not load the model: {first_line(exc)}"
+            _warn(message)
+            yield "", "", "", "", f"**Problem:** {message}"
+            return
+        request, problem = self._start(pair, prompt, system, settings_values)
         if problem:
             yield "", "", "", "", f"**Cannot start:** {problem}"
             return
         a = b = None
+        shares = None
         try:
-            for sft, dpo in self.session.run(request):
+            for sft, dpo in pair.run(request):
                 a, b = sft.answer(), dpo.answer()
                 if stop.is_set():
                     yield a.text, b.text, self._stats(a), self._stats(b), STOPPED
                     return
-                status = f"Generating… SFT {a.n_tokens} tokens, DPO {b.n_tokens} tokens"
+                status = f"Generating… {left} {a.n_tokens} tokens, {right} {b.n_tokens} tokens"
                 yield a.text, b.text, self._stats(a), self._stats(b), status
             yield a.text, b.text, self._stats(a), self._stats(b), "Scoring both answers…"
-            rewards = self.session.rewards(request.messages, a.text, b.text)
+            if colour:
+                shares = pair.token_shares(request.messages, [a.text, b.text])
+                rewards = None if shares is None else tuple(sum(x[1]) for x in shares)
+            else:
+                rewards = pair.rewards(request.messages, a.text, b.text)
         except Exception as exc:  # noqa: BLE001 - a message in the page, the trace in the console
             traceback.print_exc()
             message = f"Generation failed: {first_line(exc)}"
             _warn(message)
             yield (a.text if a else ""), (b.text if b else ""), "", "", f"**Problem:** {message}"
             return
-        r_sft, r_dpo = rewards if rewards else (None, None)
+        self._finished[session] = {
+            "prompt": str(prompt).strip(), "system": (system or "").strip(), "answers": {"A": a.text, "B": b.text},
+            "models": {"A": left, "B": right}, "settings": asdict(request.settings), "shares": shares,
+            "thumbs": set()}
+        r_left, r_right = rewards if rewards else (None, None)
         if rewards is None:
             verdict = "Implicit rewards need both models to share one tokenizer; these two do not."
         else:
-            margin = r_dpo - r_sft
-            preferred = "DPO" if margin > 0 else "SFT" if margin < 0 else "neither"
-            verdict = (f"The DPO model prefers the **{preferred}** answer by {abs(margin):.3f} "
-                       f"(reward margin DPO − SFT = {margin:+.3f}, β = {self.beta:g}).")
-        yield a.text, b.text, self._stats(a, r_sft, True), self._stats(b, r_dpo, True), f"**Done.** {verdict}"
+            margin = r_right - r_left
+            preferred = right if margin > 0 else left if margin < 0 else "neither"
+            verdict = (f"The {right} model prefers the **{preferred}** answer by {abs(margin):.3f} "
+                       f"(reward margin {right} − {left} = {margin:+.3f}, β = {pair.beta:g}).")
+        names = dict(policy=right, reference=left, beta=pair.beta)
+        yield (a.text, b.text, self._stats(a, r_left, True, **names), self._stats(b, r_right, True, **names),
+               f"**Done.** {verdict}")
 
-    # -- blind vote -----------------------------------------------------------------------------
+    def token_colours(self, session: str | None = None) -> tuple[str, str]:
+        """HTML of the last side-by-side answers, each token coloured by its share of the implicit reward
+        (empty when that comparison was not scored per token)."""
+        shares = (self._finished.get(session) or {}).get("shares")
+        if not shares:
+            return "", ""
+        return token_html(*shares[0]), token_html(*shares[1])
 
-    def blind(self, prompt, system, *settings_values, order_seed=None, session: str | None = None):
-        """Stream both answers as A and B in a random order (drawn from `order_seed`, fresh if None).
-
-        Yields (a_text, b_text, status, comparison) where `comparison` is None until both answers
-        are finished, then a dict that `vote` turns into a JSONL line.
-        """
-        stop = self._fresh_stop_flag(session)
-        request, problem = self._start(prompt, system, settings_values)
-        if problem:
-            yield "", "", f"**Cannot start:** {problem}", None
-            return
-        if order_seed is None:
-            order_seed = secrets.randbelow(2**31)
-        a_role, b_role = ("DPO", "SFT") if random.Random(order_seed).random() < 0.5 else ("SFT", "DPO")
-        texts = {}
+    def thumb(self, side: str, up: bool, session: str | None = None) -> str:
+        """A thumbs up / down on the left ("A") or right ("B") answer of the last side by side: an unpaired
+        example in the votes file. Returns the status line."""
+        finished = self._finished.get(session)
+        if not finished:
+            message = "Compare first (or wait until both answers have finished)."
+            _warn(message)
+            return f"**Problem:** {message}"
+        if side in finished["thumbs"]:
+            message = "This answer already has your thumb; compare again for a new one."
+            _warn(message)
+            return f"**Problem:** {message}"
         try:
-            for sft, dpo in self.session.run(request):
-                texts = {"SFT": sft.text(), "DPO": dpo.text()}
-                if stop.is_set():
-                    yield texts[a_role], texts[b_role], STOPPED, None
-                    return
-                n = len(sft.tokens) + len(dpo.tokens)
-                yield texts[a_role], texts[b_role], f"Generating… {n} tokens so far", None
-            rewards = self.session.rewards(request.messages, texts["SFT"], texts["DPO"])
-        except Exception as exc:  # noqa: BLE001
-            traceback.print_exc()
-            message = f"Generation failed: {first_line(exc)}"
-            _warn(message)
-            yield "", "", f"**Problem:** {message}", None
-            return
-        comparison = {
-            "prompt": str(prompt).strip(),
-            "system": (system or "").strip(),
-            "answers": {"A": texts[a_role], "B": texts[b_role]},
-            "models": {"A": a_role, "B": b_role},
-            "rewards": None if rewards is None else {"SFT": rewards[0], "DPO": rewards[1]},
-            "settings": asdict(request.settings),
-            "order_seed": order_seed,
-            "voted": False,
-        }
-        yield texts[a_role], texts[b_role], "**Both answers are ready:** which one is better?", comparison
-
-    def vote(self, comparison: dict | None, choice: str):
-        """Record a vote ("A", "B" or "skip"). Returns (status markdown, updated comparison)."""
-        if not comparison:
-            message = "Generate a pair of answers first (or wait until both have finished)."
-            _warn(message)
-            return f"**Problem:** {message}", comparison
-        if comparison.get("voted"):
-            message = "This comparison is already recorded; generate a new one."
-            _warn(message)
-            return f"**Problem:** {message}", comparison
-        models = comparison["models"]
-        reveal = f"A was **{models['A']}**, B was **{models['B']}**."
-        if comparison.get("rewards"):
-            r = comparison["rewards"]
-            reveal += f" Implicit rewards: SFT answer {_fmt_reward(r['SFT'])}, DPO answer {_fmt_reward(r['DPO'])}."
-        if choice == "skip":
-            return f"Skipped, nothing written. {reveal}", {**comparison, "voted": True}
-        try:
-            record = self.votes.record(comparison, choice, models={"sft": self.sft.path, "dpo": self.dpo.path},
-                                       beta=self.beta)
+            record = self.votes.unpaired(finished, side, up, vote="thumbs_up" if up else "thumbs_down",
+                                         models={k: self.pool.sources[v] for k, v in finished["models"].items()})
             self.votes.append(record)
         except VoteRefused as exc:
             _warn(str(exc))
-            return f"**Problem:** {exc}", comparison
-        return (f"**Vote saved** to `{self.votes_path}`: {choice} is better. {reveal}",
-                {**comparison, "voted": True})
+            return f"**Problem:** {exc}"
+        finished["thumbs"].add(side)
+        return (f"**Thumbs {'up' if up else 'down'} saved** to `{self.votes_path}` for the "
+                f"{finished['models'][side]} answer (an unpaired example, label {str(up).lower()}).")
+
+    # -- leaderboard ----------------------------------------------------------------------------
+
+    def board(self, style: bool = False, rounds: int = 200) -> tuple[str, str]:
+        """(ranking table, win-rate heatmap) as HTML, fitted on every battle in the battles file."""
+        try:
+            battles = read_battles(self.votes.battles_path)
+        except DataError as exc:
+            return f"<p><b>Problem:</b> {html.escape(str(exc))}</p>", ""
+        board = leaderboard(battles, self.pool.names, rounds=rounds, style=bool(style))
+        return leaderboard_html(board), heatmap_html(board)

@@ -1,4 +1,5 @@
-"""The comparison as data: two loaded models, one prompt, two answers advancing in lock step, rewards.
+"""The comparison as data: two loaded models, one prompt (and the conversation before it), two answers
+advancing in lock step, rewards.
 
 No Gradio and no Markdown here: `Session` returns texts, token counts, speeds and rewards; the
 handlers (`app.handlers`) turn them into the page's strings.
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from minidpo.generation import Decoder, SamplingSettings, decode_answer, prompt_ids_for
 from minidpo.models import LoadedModel, same_vocab
-from minidpo.scoring import implicit_rewards
+from minidpo.scoring import implicit_rewards, token_rewards
 
 
 class CannotStart(ValueError):
@@ -65,10 +66,12 @@ class Stream:
         return Answer(self.text(), len(self.tokens), speed, self.done, self.decoder.stop_reason[0])
 
 
-def prompt_messages(prompt: str, system: str | None) -> list[dict]:
+def prompt_messages(prompt: str, system: str | None, history=()) -> list[dict]:
+    """system (if any) + the earlier turns + the new user turn."""
     messages = []
     if system and system.strip():
         messages.append({"role": "system", "content": system.strip()})
+    messages += list(history)
     messages.append({"role": "user", "content": prompt.strip()})
     return messages
 
@@ -94,19 +97,21 @@ class Request:
 
 
 class Session:
-    """The SFT model and the DPO model (reference = SFT for the implicit rewards), and beta."""
+    """Two models answering side by side: `sft` is the left one and the reference of the implicit rewards,
+    `dpo` the right one and their policy (the names of the SFT-vs-DPO page they came from), and beta."""
 
-    def __init__(self, sft: LoadedModel, dpo: LoadedModel, *, beta: float, beta_source: str = "--beta"):
+    def __init__(self, sft: LoadedModel, dpo: LoadedModel, *, beta: float, beta_source: str = "--beta",
+                 shared_tokenizer: bool | None = None):
         self.sft, self.dpo = sft, dpo
         self.beta, self.beta_source = float(beta), beta_source
-        self.shared_tokenizer = same_vocab(sft.tokenizer, dpo.tokenizer)
+        self.shared_tokenizer = same_vocab(sft.tokenizer, dpo.tokenizer) if shared_tokenizer is None else shared_tokenizer
         limits = [m for m in (sft.max_positions, dpo.max_positions) if m]
         self.max_positions = min(limits) if limits else None
 
-    def prepare(self, prompt, system, settings: SamplingSettings) -> Request:
+    def prepare(self, prompt, system, settings: SamplingSettings, history=()) -> Request:
         if prompt is None or not str(prompt).strip():
             raise CannotStart("Type a prompt first (the prompt box is empty).")
-        messages = prompt_messages(str(prompt), system)
+        messages = prompt_messages(str(prompt), system, history)
         ids = {lm.role: prompt_ids_for(lm.tokenizer, messages) for lm in (self.sft, self.dpo)}
         n = max(len(v) for v in ids.values())
         if self.max_positions is not None and n + settings.max_new_tokens > self.max_positions:
@@ -132,3 +137,20 @@ class Session:
         r = implicit_rewards(self.dpo.model, self.sft.model, self.sft.tokenizer, messages, [sft_text, dpo_text],
                              self.beta)
         return float(r[0]), float(r[1])
+
+    def token_shares(self, messages: list[dict], texts: list[str]) -> list[tuple[list[str], list[float]]] | None:
+        """Per answer: its tokens as text and each one's share β·(log πDPO(token) − log πSFT(token)) of the
+        implicit reward (one scoring pass of each model per answer; the shares sum to the reward); None
+        without a shared tokenizer."""
+        if not self.shared_tokenizer:
+            return None
+        out = []
+        for text in texts:
+            ids, shares = token_rewards(self.dpo.model, self.sft.model, self.sft.tokenizer, messages, text, self.beta)
+            prefixes = [self.sft.tokenizer.decode(ids[:k]).rstrip("\ufffd") for k in range(len(ids) + 1)]
+            # each token's own text as what it adds to the decoded prefix: a character split over several
+            # byte tokens shows on the token that completes it
+            pieces = [b[len(a):] if b.startswith(a) else self.sft.tokenizer.decode([i])
+                      for a, b, i in zip(prefixes, prefixes[1:], ids)]
+            out.append((pieces, [float(x) for x in shares]))
+        return out

@@ -4,6 +4,7 @@ Layout inside a run folder:
     checkpoints/latest                 tag of the newest complete checkpoint (written last, atomically)
     checkpoints/step_00000100/         DeepSpeed model + optimizer + scheduler states, one RNG file per rank
     checkpoints/step_00000100/minidpo.json  step and resume fingerprint (below)
+    checkpoints/step_00000100/reference.pt  TR-DPO only: the synced reference's parameters (or twin adapter)
     checkpoints/step_00000100/hf/      Hugging Face export of that step (save_pretrained + tokenizer)
     export/                            the final Hugging Face export
 
@@ -30,6 +31,7 @@ from minidpo.fault_injection import inject
 from minidpo.fsutil import PARTIAL, clean_incomplete, commit_folder, write_text_atomic
 
 TAG_RE = re.compile(r"^step_(\d+)$")
+REFERENCE_FILE = "reference.pt"
 
 
 def checkpoints_dir(output_dir: str) -> str:
@@ -73,11 +75,12 @@ def export_hf(engine, tokenizer, out_dir: str) -> None:
 
 
 def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, keep: int, export: bool,
-         rank_state: dict | None = None, meta: dict | None = None) -> str:
+         rank_state: dict | None = None, meta: dict | None = None, reference=None) -> str:
     """Checkpoint (and export) at optimizer step `step`; keep only the newest `keep` checkpoints.
     Written into `<tag>.partial`, renamed, then `latest` is replaced: a kill at any point leaves the
     previous checkpoint named by `latest`. rank_state: this rank's extra state (e.g. metric sums);
-    meta: JSON written by rank 0 (the resume fingerprint)."""
+    meta: JSON written by rank 0 (the resume fingerprint); reference: TR-DPO's ReferenceSync, whose
+    synced reference is saved too (it cannot be recomputed from the policy)."""
     root = checkpoints_dir(output_dir)
     tag = step_tag(step)
     partial = tag + PARTIAL
@@ -89,6 +92,10 @@ def save(engine, tokenizer, output_dir: str, step: int, client_state: dict, *, k
         engine.save_checkpoint(root, tag=partial, client_state=client_state, save_latest=False)
         torch.save({**_rng_state(), "rank_state": rank_state or {}},
                    os.path.join(root, partial, f"rng_rank{dist.get_rank()}.pt"))
+        if reference is not None:
+            state = reference.state_dict()  # collective under ZeRO-3
+            if dist.get_rank() == 0:
+                torch.save(state, os.path.join(root, partial, REFERENCE_FILE))
         if export:
             export_hf(engine, tokenizer, os.path.join(root, partial, "hf"))
         inject("save", step, os.path.join(root, partial))
@@ -153,8 +160,9 @@ def checkpoint_meta(output_dir: str) -> dict | None:
         return json.load(f)
 
 
-def resume(engine, output_dir: str) -> dict:
-    """Load the latest checkpoint into the engine; returns the client state saved with it, plus this
+def resume(engine, output_dir: str, reference=None) -> dict:
+    """Load the latest checkpoint into the engine (and TR-DPO's synced reference into `reference`, a
+    ReferenceSync, when the checkpoint has one); returns the client state saved with it, plus this
     rank's `rank_state`. DeepSpeed reads its own files with torch.load(weights_only=False) (0.19 has no
     switch): they are trusted because this run wrote them; our RNG file is read with weights_only=True."""
     tag = latest_tag(output_dir)
@@ -168,6 +176,9 @@ def resume(engine, output_dir: str) -> dict:
         state = torch.load(rng_file, weights_only=True)
         _set_rng_state(state)
         client_state = {**client_state, "rank_state": state.get("rank_state", {})}
+    reference_file = os.path.join(checkpoints_dir(output_dir), tag, REFERENCE_FILE)
+    if reference is not None and os.path.isfile(reference_file):
+        reference.load_state_dict(torch.load(reference_file, map_location="cpu", weights_only=True))
     return client_state
 
 

@@ -2,6 +2,7 @@
 
     minidpo data inspect FILE [--model PATH] [--max_length N] [--max_prompt_length N] [--data_format F]
     minidpo export-minimind RUN_OR_EXPORT OUT.pth
+    minidpo doctor --model M --data D [--nproc N] [training flags]
 
 Subcommands are registered in COMMANDS: each entry is a function that receives the `add_subparsers()`
 object, adds its parser(s) and sets `func=` (called with the parsed args, returns an exit code).
@@ -16,7 +17,9 @@ import os
 import sys
 from collections.abc import Callable
 
-from minidpo.config import CHAT_TEMPLATES
+from minidpo.config import CHAT_TEMPLATES, RunConfig, build_arg_parser
+from minidpo.config.flags import config_from_flags
+from minidpo.config.sections import REASONING_MODES
 from minidpo.errors import ConfigError, run_cli, set_offline_environment
 
 
@@ -37,9 +40,14 @@ def _add_data_command(subparsers) -> None:
     p.add_argument("--max_prompt_length", type=int, default=None, help="most prompt tokens (default: no limit)")
     p.add_argument("--data_format", default="auto",
                    help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl, "
-                   "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized)")
+                   "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized), openai (OpenAI preference records)")
     p.add_argument("--chat_template", choices=CHAT_TEMPLATES, default="auto",
                    help="auto (default): the model's chat template; none: raw prompt + answer + EOS (string data)")
+    p.add_argument("--enable_thinking", choices=("true", "false"), default=None,
+                   help="passed to the chat template (default: the template's own default)")
+    p.add_argument("--answer_reasoning", choices=REASONING_MODES, default="as_given",
+                   help="the answers' reasoning: as_given (default), strip, if_both (kept where both have it)")
+    p.add_argument("--tools", default=None, help="a JSON file of tool schemas for records without their own")
     p.add_argument("--index", type=int, default=0, help="which pair to show (default 0)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="dim the masked prompt (auto: when printing to a terminal); otherwise [[brackets]]")
@@ -63,7 +71,9 @@ def _data_inspect(args) -> int:
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     report, pairs = inspect_report(args.file, tokenizer, max_length=args.max_length,
                                    max_prompt_length=args.max_prompt_length, data_format=args.data_format,
-                                   index=args.index, color=color, chat_template=args.chat_template)
+                                   index=args.index, color=color, chat_template=args.chat_template,
+                                   enable_thinking=None if args.enable_thinking is None else args.enable_thinking == "true",
+                                   answer_reasoning=args.answer_reasoning, tools=args.tools)
     print(report)
     if not pairs:
         print(f"minidpo: error: {args.file}: no valid preference pair left (see the problems above)", file=sys.stderr)
@@ -90,7 +100,28 @@ def _export_minimind(args) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_data_command, _add_export_minimind_command]
+def _add_doctor_command(subparsers) -> None:
+    p = subparsers.add_parser(
+        "doctor", parents=[build_arg_parser(RunConfig)], add_help=False,
+        help="check a model, data and settings before a run (one batch, memory, duration)",
+        description="Before spending the GPU hours: shows one pair exactly as trained and the data summary, checks "
+        "one batch (first loss at policy == reference, shared-prompt forward and fused head against the plain "
+        "ones), estimates memory per rank, times a few steps of the real loop and predicts the run's duration. "
+        "Takes every training flag. Exits 1 naming the failed checks (docs/health.md).")
+    p.add_argument("--nproc", type=int, default=1, help="ranks the run will use (memory and duration per rank)")
+    p.add_argument("--timing_steps", type=int, default=3, help="optimizer steps timed after the first")
+    p.set_defaults(func=_doctor)
+
+
+def _doctor(args) -> int:
+    from minidpo.doctor import diagnose  # heavy (torch, deepspeed): see the module docstring
+
+    if args.nproc < 1 or args.timing_steps < 1:
+        raise ConfigError("--nproc and --timing_steps must be >= 1")
+    return diagnose(config_from_flags(vars(args)), nproc=args.nproc, timing_steps=args.timing_steps)
+
+
+COMMANDS: list[Callable] = [_add_data_command, _add_export_minimind_command, _add_doctor_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

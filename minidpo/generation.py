@@ -15,7 +15,8 @@ token, for the same prompt, settings and seed:
   on its prompt, the model, the settings and the seed only: not on the other rows of its batch, not on
   what else the process did with torch's global RNG;
 - stop rule: a row stops at any of `stop_ids` (`minidpo.models.stop_ids`: EOS and the chat template's
-  end-of-turn token), or after `max_new_tokens` sampled tokens (the stop token counts).
+  end-of-turn token, plus the token it ends a tool-call turn with when that is another one, as Llama
+  3.1's <|eom_id|>), or after `max_new_tokens` sampled tokens (the stop token counts).
 
 A hand-written loop rather than transformers' `generate`: `generate` draws from torch's global RNG
 (no per-row generator) and cannot advance two models in lock step inside one Gradio handler.

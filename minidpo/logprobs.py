@@ -22,6 +22,19 @@ REDUCTIONS = ("sum", "mean")
 CHUNK_ELEMENTS = 1 << 22  # float32 elements of logits handled at once (16 MB)
 
 
+def _logsumexps(logits_of, n: int, step: int, collision: bool):
+    """(n,) logsumexp of each row of logits, `logits_of(start, stop)` giving rows start..stop-1; with
+    `collision` also log sum_v p_v^2 = logsumexp(2 z) - 2 logsumexp(z) per row (WPO's normaliser)."""
+    lse, squares = [], []
+    for s in range(0, n, step):
+        z = logits_of(s, s + step).float()
+        lse.append(torch.logsumexp(z, dim=-1))
+        if collision:
+            squares.append(torch.logsumexp(2.0 * z, dim=-1))
+    lse = torch.cat(lse)
+    return lse, (torch.cat(squares) - 2.0 * lse if collision else None)
+
+
 class _PickedLogprobs(torch.autograd.Function):
     """log softmax(logits[n, source[n, j]])[target[n, j]] for every (n, j).
 
@@ -30,21 +43,25 @@ class _PickedLogprobs(torch.autograd.Function):
     forward keeps only the logits and their (N, T) logsumexp, and the backward writes the gradient,
     softmax and all, chunk by chunk into one logits-sized tensor. A position may predict several
     targets (in packed rows the prompt's last token predicts both answers' first tokens).
+    With `collision`, also returns log sum_v p_v^2 at each (n, j)'s position (no gradient).
     """
 
     @staticmethod
-    def forward(ctx, logits, source, targets):
+    def forward(ctx, logits, source, targets, collision=False):
         N, T, V = logits.shape
         flat = logits.reshape(N * T, V)
-        step = max(1, CHUNK_ELEMENTS // V)
-        lse = torch.cat([torch.logsumexp(flat[s:s + step].float(), dim=-1) for s in range(0, N * T, step)])
+        lse, squares = _logsumexps(lambda a, b: flat[a:b], N * T, max(1, CHUNK_ELEMENTS // V), collision)
         index = source + torch.arange(N, device=logits.device)[:, None] * T  # (N, J) rows of `flat`
         picked = flat[index, targets].float()
         ctx.save_for_backward(logits, lse, index, targets)
-        return picked - lse[index]
+        if not collision:
+            return picked - lse[index]
+        squares = squares[index]
+        ctx.mark_non_differentiable(squares)
+        return picked - lse[index], squares
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):
         logits, lse, index, targets = ctx.saved_tensors
         N, T, V = logits.shape
         g = grad_out.float()
@@ -58,7 +75,7 @@ class _PickedLogprobs(torch.autograd.Function):
             here = (rows >= s) & (rows < s + step)
             part.index_put_((rows[here] - s, cols[here]), values[here], accumulate=True)
             grad[s:s + step] = part
-        return grad.reshape(N, T, V), None, None
+        return grad.reshape(N, T, V), None, None, None
 
 
 class _HeadLogprobs(torch.autograd.Function):
@@ -68,21 +85,25 @@ class _HeadLogprobs(torch.autograd.Function):
     needs anyway) and one float per predicting position."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, source, targets):
+    def forward(ctx, hidden, weight, source, targets, collision=False):
         N, T, H = hidden.shape
         rows = (source + torch.arange(N, device=hidden.device)[:, None] * T).flatten()
         used, inverse = torch.unique(rows, return_inverse=True)
         h = hidden.reshape(N * T, H)[used]  # (U, H): the positions whose logits are needed
-        step = max(1, CHUNK_ELEMENTS // weight.shape[0])
-        lse = torch.cat([torch.logsumexp((h[s:s + step] @ weight.T).float(), dim=-1) for s in range(0, len(h), step)])
+        lse, squares = _logsumexps(lambda a, b: h[a:b] @ weight.T, len(h), max(1, CHUNK_ELEMENTS // weight.shape[0]),
+                                   collision)
         flat_targets = targets.flatten()
         # the target's logit as the matmul would give it: float accumulation, rounded to the working dtype
         picked = (h[inverse].float() * weight[flat_targets].float()).sum(-1).to(hidden.dtype).float()
         ctx.save_for_backward(hidden, weight, used, inverse, flat_targets, lse)
-        return (picked - lse[inverse]).view(targets.shape)
+        if not collision:
+            return (picked - lse[inverse]).view(targets.shape)
+        squares = squares[inverse].view(targets.shape)
+        ctx.mark_non_differentiable(squares)
+        return (picked - lse[inverse]).view(targets.shape), squares
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, *_):
         hidden, weight, used, inverse, flat_targets, lse = ctx.saved_tensors
         N, T, H = hidden.shape
         g = grad_out.float().flatten()
@@ -103,24 +124,26 @@ class _HeadLogprobs(torch.autograd.Function):
             grad_w.index_add_(0, flat_targets, g[:, None] * h[inverse].float())
         grad_hidden = torch.zeros_like(hidden).reshape(N * T, H)
         grad_hidden[used] = grad_h.to(hidden.dtype)
-        return grad_hidden.reshape(N, T, H), grad_w.to(weight.dtype) if need_w else None, None, None
+        return grad_hidden.reshape(N, T, H), grad_w.to(weight.dtype) if need_w else None, None, None, None
 
 
-def picked_logprobs(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def picked_logprobs(logits: torch.Tensor, source: torch.Tensor, targets: torch.Tensor, *, collision: bool = False):
     """(N, J) float32 log-probabilities of `targets` under the logits at positions `source`.
 
     Args:
         logits: (N, T, V), any float dtype. source, targets: (N, J) positions in [0, T) and token ids.
+        collision: also return (N, J) log sum_v p_v^2 at those positions (detached; WPO's weights need it).
     Never materialises a full-vocabulary log_softmax, nor float32 copies of the logits beyond one chunk.
     """
-    return _PickedLogprobs.apply(logits, source, targets)
+    return _PickedLogprobs.apply(logits, source, targets, collision)
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[target] at every position: logits (N, T, V), targets (N, T) -> (N, T) float32."""
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, *, collision: bool = False):
+    """log softmax(logits)[target] at every position: logits (N, T, V), targets (N, T) -> (N, T) float32
+    (and, with `collision`, log sum_v p_v^2 at every position, as picked_logprobs)."""
     N, T, _ = logits.shape
     source = torch.arange(T, device=logits.device).expand(N, T)
-    return picked_logprobs(logits, source, targets)
+    return picked_logprobs(logits, source, targets, collision=collision)
 
 
 def sequence_logprobs(
@@ -157,13 +180,46 @@ def _reduce(logps: torch.Tensor, n_tokens: torch.Tensor, reduction: str) -> torc
     return logps / n_tokens if reduction == "mean" else logps
 
 
-def concatenated_logps(model, batch: dict, reduction: str):
-    """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None)."""
+def answer_logps(chosen: tuple, rejected: tuple, reduction: str, *, ld_alpha: float | None = None,
+                 weights: bool = False):
+    """Per-pair log-probs from per-token ones. chosen, rejected: (per_token, mask, collision or None), each
+    (B, J), row i of both being pair i; mask is 1 on that answer's tokens. Returns (chosen_logps,
+    rejected_logps), plus WPO's pair weights with `weights`.
+
+    ld_alpha (LD-DPO, Liu et al. 2024): an answer's tokens past the shorter answer's length l_p count
+    ld_alpha times: sum - (1 - ld_alpha) * (sum past l_p), which is the plain sum exactly at 1.
+    weights (WPO, Zhou et al. 2024, as TRL's use_weighting): min(1, exp(mean_w + mean_l)), mean = the
+    answer's mean over its tokens of log p(token) - log sum_v p_v^2; detached."""
+    if ld_alpha is not None and reduction != "sum":
+        raise ValueError(f"ld_alpha needs the summed log-probs (reduction 'sum'), not {reduction!r}")
+    parts = (chosen, rejected)
+    sums = [(per_token * mask).sum(-1) for per_token, mask, _ in parts]
+    counts = [mask.sum(-1) for _, mask, _ in parts]
+    if ld_alpha is not None:
+        shared = torch.minimum(*counts)[:, None]  # l_p: the shorter answer's token count
+        sums = [total - (1.0 - ld_alpha) * (per_token * mask * (mask.cumsum(-1) > shared)).sum(-1)
+                for total, (per_token, mask, _) in zip(sums, parts)]
+    logps = tuple(_reduce(total, n, reduction) for total, n in zip(sums, counts))
+    if not weights:
+        return logps
+    with torch.no_grad():
+        means = [((per_token.detach() - squares) * mask).sum(-1) / n for (per_token, mask, squares), n in
+                 zip(parts, counts)]
+        return (*logps, torch.exp(means[0] + means[1]).clamp(max=1.0))
+
+
+def concatenated_logps(model, batch: dict, reduction: str, *, ld_alpha: float | None = None, weights: bool = False):
+    """One forward over [chosen; rejected]; returns (chosen_logps, rejected_logps, aux_loss or None), and
+    with `weights` WPO's pair weights last (see answer_logps for ld_alpha and weights)."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    logps, n_tokens = sequence_logprobs(out.logits, batch["input_ids"], batch["loss_mask"])
-    logps = _reduce(logps, n_tokens, reduction)
-    half = logps.shape[0] // 2
-    return logps[:half], logps[half:], getattr(out, "aux_loss", None)
+    mask = batch["loss_mask"][:, 1:].to(torch.float32)  # as sequence_logprobs: position t scores token t + 1
+    per_token = token_logprobs(out.logits[:, :-1], batch["input_ids"][:, 1:], collision=weights)
+    per_token, squares = per_token if weights else (per_token, None)
+    half = mask.shape[0] // 2
+    chosen, rejected = ((per_token[rows], mask[rows], None if squares is None else squares[rows])
+                        for rows in (slice(None, half), slice(half, None)))
+    chosen_logps, rejected_logps, *rest = answer_logps(chosen, rejected, reduction, ld_alpha=ld_alpha, weights=weights)
+    return (chosen_logps, rejected_logps, getattr(out, "aux_loss", None), *rest)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,9 +287,10 @@ def _fused_head(model):
     return decoder, head.weight
 
 
-def _logprobs_from_final_hidden(model, kwargs: dict, source: torch.Tensor, targets: torch.Tensor):
-    """Per-token log-probs via the fused head, or None when this model's logits turn out not to be
-    exactly hidden @ weight.T (scaled or soft-capped logits, an unusual head): checked on the first call."""
+def _logprobs_from_final_hidden(model, kwargs: dict, source: torch.Tensor, targets: torch.Tensor, collision: bool):
+    """Per-token log-probs via the fused head (with `collision`, and log sum p^2), or None when this model's
+    logits turn out not to be exactly hidden @ weight.T (scaled or soft-capped logits, an unusual head):
+    checked on the first call."""
     fused = _fused_head(model)
     if fused is None:
         return None
@@ -256,13 +313,13 @@ def _logprobs_from_final_hidden(model, kwargs: dict, source: torch.Tensor, targe
         module._minidpo_fused_head = bool(ok)
         if not ok:
             return None
-    return _HeadLogprobs.apply(hidden, weight, source, targets)
+    return _HeadLogprobs.apply(hidden, weight, source, targets, collision)
 
 
-def packed_logps(model, batch: dict, reduction: str):
-    """One forward over packed [prompt, chosen, rejected] rows; returns (chosen_logps, rejected_logps, None).
-    Equal to `concatenated_logps` on the same pairs (tests/test_packed.py), with the prompt computed
-    once instead of twice. Where the model allows (`_fused_head`), the LM head is applied only to the
+def packed_logps(model, batch: dict, reduction: str, *, ld_alpha: float | None = None, weights: bool = False):
+    """One forward over packed [prompt, chosen, rejected] rows; returns (chosen_logps, rejected_logps, None),
+    and with `weights` WPO's pair weights last (see answer_logps for ld_alpha and weights). Equal to
+    `concatenated_logps` on the same pairs (tests/test_packed.py), with the prompt computed once instead of twice. Where the model allows (`_fused_head`), the LM head is applied only to the
     positions that predict an answer token and its logits are never stored; otherwise the model's
     logits from the first answer-predicting position on are used."""
     input_ids, segments, source = batch["input_ids"], batch["segment_ids"], batch["source"]
@@ -277,7 +334,7 @@ def packed_logps(model, batch: dict, reduction: str):
     else:
         kwargs["attention_mask"] = packed_attention_mask(segments, dtype)
     answer = (segments == CHOSEN) | (segments == REJECTED)
-    per_token = _logprobs_from_final_hidden(model, kwargs, torch.where(answer, source, 0), input_ids)
+    per_token = _logprobs_from_final_hidden(model, kwargs, torch.where(answer, source, 0), input_ids, weights)
     if per_token is None:
         first = int(torch.where(answer, source, input_ids.shape[1]).min())  # earliest position whose logits count
         if "logits_to_keep" in forward_kwargs(model):
@@ -285,20 +342,19 @@ def packed_logps(model, batch: dict, reduction: str):
         else:
             first = 0
         logits = model(**kwargs).logits  # positions first..T-1
-        per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids)
+        per_token = picked_logprobs(logits, (source - first).clamp(min=0), input_ids, collision=weights)
     if layout is not None and layout.calls == 0:  # this model does not pass keywords down to its attention
         stop_split_attention(inner)
-        return packed_logps(model, batch, reduction)
-    logps, n_tokens = [], []
-    for segment in (CHOSEN, REJECTED):
-        mask = (segments == segment).float()
-        logps.append((per_token * mask).sum(-1))
-        n_tokens.append(mask.sum(-1))
-    return (_reduce(logps[0], n_tokens[0], reduction), _reduce(logps[1], n_tokens[1], reduction), None)
+        return packed_logps(model, batch, reduction, ld_alpha=ld_alpha, weights=weights)
+    per_token, squares = per_token if weights else (per_token, None)
+    chosen, rejected = ((per_token, (segments == segment).float(), squares) for segment in (CHOSEN, REJECTED))
+    chosen_logps, rejected_logps, *rest = answer_logps(chosen, rejected, reduction, ld_alpha=ld_alpha, weights=weights)
+    return (chosen_logps, rejected_logps, None, *rest)
 
 
-def pair_logps(model, batch: dict, reduction: str):
-    """(chosen_logps, rejected_logps, aux_loss or None) for a batch from collate_pairs or collate_packed."""
+def pair_logps(model, batch: dict, reduction: str, *, ld_alpha: float | None = None, weights: bool = False):
+    """(chosen_logps, rejected_logps, aux_loss or None) for a batch from collate_pairs or collate_packed;
+    with `weights`, WPO's pair weights as a 4th item. ld_alpha: LD-DPO's log-probs (see answer_logps)."""
     if is_packed(batch):
-        return packed_logps(model, batch, reduction)
-    return concatenated_logps(model, batch, reduction)
+        return packed_logps(model, batch, reduction, ld_alpha=ld_alpha, weights=weights)
+    return concatenated_logps(model, batch, reduction, ld_alpha=ld_alpha, weights=weights)

@@ -3,7 +3,9 @@
 With no --ref_model the reference costs nothing: it is the policy engine's own forward with the trained
 adapter switched off (no second copy of the weights, no reference engine). Starting from an existing
 adapter (--lora_adapter), the policy trains a copy of it ("default") and the reference is base + that
-adapter, loaded a second time and frozen ("reference").
+adapter, loaded a second time and frozen ("reference"). With --sync_ref_model (TR-DPO) and no --ref_model,
+a fresh adapter gets the same frozen twin, a copy of the policy's initial adapter (B = 0: the base itself),
+which minidpo.reference.ReferenceSync overwrites with the trained adapter every ref_model_sync_steps steps.
 
 Exports: `<export>/adapter/` (PEFT layout: adapter_config.json + adapter_model.safetensors) and
 `<export>/` itself, the adapter merged into the base weights, which plain transformers loads.
@@ -12,6 +14,7 @@ An adapter folder given as a model source is merged onto its base by minidpo.sou
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -40,6 +43,25 @@ def check_settings(cfg) -> None:
         raise ConfigError(f"--lora_dropout {cfg.lora_dropout}: must be in [0, 1)")
     if cfg.lora_adapter:
         read_adapter_config(cfg.lora_adapter, "--lora_adapter")
+    if getattr(cfg, "sync_ref_model", False):
+        if cfg.ref_model:
+            raise ConfigError("--sync_ref_model with LoRA and --ref_model is not supported (the reference engine "
+                              "would need the policy's merged weights): leave --ref_model unset, the reference is "
+                              "then a frozen copy of the adapter")
+        if cfg.ref_model_mixup_alpha != 1.0:
+            raise ConfigError(f"--ref_model_mixup_alpha {cfg.ref_model_mixup_alpha}: with LoRA the reference is a "
+                              "copy of the adapter, and a mix of two adapters' low-rank factors is not the mix of "
+                              "their updates: use 1 (hard copy), or full fine-tuning for soft updates")
+
+
+def syncs_adapter(cfg) -> bool:
+    """TR-DPO with LoRA: the reference is a frozen twin adapter that the trained one is copied into."""
+    return enabled(cfg) and bool(getattr(cfg, "sync_ref_model", False)) and not cfg.ref_model
+
+
+def twin_name(name: str, source: str, target: str) -> str:
+    """A parameter's name in adapter `target`: e.g. ...q_proj.lora_A.default.weight -> ...lora_A.reference.weight."""
+    return ".".join(target if part == source else part for part in name.split("."))
 
 
 def is_lora(module) -> bool:
@@ -97,12 +119,28 @@ def wrap(model, cfg, log=print):
         config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, bias="none",
                             target_modules=target_modules(model, cfg.lora_target_modules), task_type="CAUSAL_LM")
         peft = get_peft_model(model, config, autocast_adapter_dtype=False)
+        if syncs_adapter(cfg):
+            _add_reference_twin(peft)
     peft.peft_config[POLICY].base_model_name_or_path = os.path.abspath(cfg.model)  # merged exports find it
     trainable = sum(p.numel() for p in peft.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft.parameters())
     log(f"minidpo: LoRA r={peft.peft_config[POLICY].r} on {', '.join(sorted(peft.peft_config[POLICY].target_modules))}: "
         f"{trainable:,} trainable of {total:,} parameters")
     return peft
+
+
+def _add_reference_twin(peft) -> None:
+    """A frozen adapter REFERENCE equal to POLICY (a second PEFT adapter: the reference pass only switches
+    adapters, and ZeRO-3 partitions it like any frozen parameter)."""
+    config = copy.deepcopy(peft.peft_config[POLICY])
+    config.inference_mode = True
+    peft.add_adapter(REFERENCE, config, autocast_adapter_dtype=False)
+    params = dict(peft.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            if REFERENCE in name.split("."):
+                param.copy_(params[twin_name(name, REFERENCE, POLICY)])
+    peft.set_adapter(POLICY)  # only the policy's adapter trains
 
 
 def reference_is_policy(cfg) -> bool:

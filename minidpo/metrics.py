@@ -29,7 +29,10 @@ PAIR_MEANS = {
     "logps/chosen": "chosen_logps",
     "logps/rejected": "rejected_logps",
 }
-_KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values()]
+# for the health checks (minidpo.health), over the pairs with a reference: the chosen answers' per-token
+# log-ratio (signed, absolute), and the pairs ranked right when each answer's log-ratio is taken per token
+HEALTH_KEYS = ["ref_pairs", "chosen_logratio_tok", "chosen_drift_tok", "correct_tok"]
+_KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values(), *HEALTH_KEYS]
 
 
 def peak_memory_gb() -> float:
@@ -46,8 +49,14 @@ def progress(iterable, *, total: int | None = None, desc: str, enabled: bool = T
 
 
 class MetricTracker:
-    def __init__(self, output_dir: str, total_steps: int, rank: int, *, start_step: int = 0, tensorboard: bool = True):
+    def __init__(self, output_dir: str, total_steps: int, rank: int, *, start_step: int = 0, tensorboard: bool = True,
+                 health=None, trackers: list | None = None):
+        """health: a minidpo.health.HealthMonitor (rank 0; None: no checks); trackers: the other backends of
+        minidpo.trackers (rank 0), sent the same scalars and the health warnings."""
         self.rank = rank
+        self.step = start_step
+        self.first = None  # optimizer step 1's own sums, until logged: the health checks' first loss
+        self.health, self.trackers = health, trackers or []
         self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
         self.window = torch.zeros(len(_KEYS), dtype=torch.float64)  # this optimizer step's, until it is kept
         self.skipped_steps = 0  # optimizer steps whose update was skipped (non-finite), whole run
@@ -63,21 +72,18 @@ class MetricTracker:
             # purge_step: events of steps a resumed run writes again are dropped when TensorBoard reads them
             self.writer = SummaryWriter(os.path.join(output_dir, "tensorboard"), purge_step=start_step + 1)
         truncate_metrics(os.path.join(output_dir, "metrics.jsonl"), start_step)  # each step exactly once
+        if health is not None and start_step:
+            health.resume_from(os.path.join(output_dir, "metrics.jsonl"))
         self.jsonl = open(os.path.join(output_dir, "metrics.jsonl"), "a")
         self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
 
     def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss,
-                       positions: int = 0, real_positions: int = 0):
+                       positions: int = 0, real_positions: int = 0, logratios=None, lengths=None):
         """Record one micro-batch (tensors of shape (B,) on any device). `tokens`: the pairs' prompt+answer
         tokens (prompt counted per answer); `positions` / `real_positions`: what the forward computed,
-        with and without padding."""
-        values = {
-            "pairs": losses.numel(),
-            "tokens": tokens,
-            "positions": positions,
-            "real_positions": real_positions,
-            "aux_loss": float(aux_loss) * losses.numel(),
-            "micro_steps": 1,
+        with and without padding. For the health checks: `logratios`, the (chosen, rejected) log pi - log ref
+        (None without a reference), and `lengths`, what makes them per token (ones for per-token means)."""
+        on_device = {
             "loss": losses.detach().sum(),
             "chosen_reward": chosen_rewards.sum(),
             "rejected_reward": rejected_rewards.sum(),
@@ -86,7 +92,21 @@ class MetricTracker:
             "chosen_logps": chosen_logps.detach().sum(),
             "rejected_logps": rejected_logps.detach().sum(),
         }
-        self.window += torch.tensor([float(values[k]) for k in _KEYS], dtype=torch.float64)
+        if logratios is not None:
+            chosen, rejected = (r.detach().double() / n for r, n in zip(logratios, lengths))
+            on_device.update(chosen_logratio_tok=chosen.sum(), chosen_drift_tok=chosen.abs().sum(),
+                             correct_tok=(chosen > rejected).sum())
+        values = dict(zip(on_device, torch.stack([v.double() for v in on_device.values()]).tolist()))  # one copy
+        values.update({
+            "pairs": losses.numel(),
+            "tokens": tokens,
+            "positions": positions,
+            "real_positions": real_positions,
+            "aux_loss": float(aux_loss) * losses.numel(),
+            "micro_steps": 1,
+            "ref_pairs": losses.numel() if logratios is not None else 0,
+        })
+        self.window += torch.tensor([float(values.get(k, 0.0)) for k in _KEYS], dtype=torch.float64)
 
     def add_optimizer_step(self, grad_norm, lr: float, skipped: bool = False) -> None:
         """Keep the step's micro-step sums, or (skipped: a non-finite step) drop them and count it."""
@@ -94,8 +114,11 @@ class MetricTracker:
             self.skipped_steps += 1
         else:
             self.sums += self.window
+            if self.step == 0:
+                self.first = self.window.clone()
             if grad_norm is not None:
                 self.grad_norms.append(float(grad_norm))
+        self.step += 1
         self.window.zero_()
         self.lr = lr
         if self.bar is not None:
@@ -103,7 +126,8 @@ class MetricTracker:
 
     def log(self, step: int) -> dict | None:
         """All-reduce the interval's sums, write them (rank 0), reset. Collective: call on every rank."""
-        sums = self.sums.clone()
+        first, self.first = self.first, None
+        sums = self.sums.clone() if first is None else torch.cat([self.sums, first])  # one all-reduce for both
         if dist.is_initialized() and dist.get_world_size() > 1:
             memory = torch.tensor([peak_memory_gb()])
             dist.all_reduce(sums)
@@ -118,6 +142,7 @@ class MetricTracker:
         if self.rank != 0:
             return None
         s = dict(zip(_KEYS, sums.tolist()))
+        first_step = None if first is None else dict(zip(_KEYS, sums[len(_KEYS):].tolist()))
         for key in self.totals:
             self.totals[key] += s[key]
         pairs = max(s["pairs"], 1.0)
@@ -135,29 +160,49 @@ class MetricTracker:
         if s["aux_loss"]:
             row["aux_loss"] = s["aux_loss"] / pairs
         row["train/skipped_steps"] = self.skipped_steps
+        warnings = {}
+        if self.health is not None:
+            health_scalars, warnings = self.health.observe(step, s, row.get("grad_norm"), first_step)
+            row.update(health_scalars)
         for name, value in row.items():
             if self.writer is not None:
                 self.writer.add_scalar(name, value, step)
+        for tracker in self.trackers:
+            tracker.log_scalars(row, step)
+        if warnings:
+            self._warn(step, warnings)
+            row["health/warnings"] = warnings
         self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
         self.jsonl.flush()
         if "loss" in row:
             self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", lr=f"{self.lr:.2e}")
         return row
 
+    def _warn(self, step: int, warnings: dict) -> None:
+        """Print the health warnings above the progress bar and send them to every tracker."""
+        for name, message in warnings.items():
+            self.bar.write(f"minidpo: health warning at step {step}: {message}")
+            if self.writer is not None:
+                self.writer.add_text(f"health/{name}", message, step)
+        for tracker in self.trackers:
+            tracker.log_warnings(warnings, step)
+
     def state_dict(self) -> dict:
         """This rank's unlogged sums and the run's totals: saved with a checkpoint, so a resumed run logs
         the interval it was in the middle of exactly as an uninterrupted run would."""
         return {"sums": self.sums.clone(), "grad_norms": list(self.grad_norms), "lr": self.lr,
-                "totals": dict(self.totals), "skipped_steps": self.skipped_steps}
+                "totals": dict(self.totals), "skipped_steps": self.skipped_steps, "first": self.first}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        self.sums = state["sums"].clone()
+        self.sums = torch.zeros(len(_KEYS), dtype=torch.float64)
+        self.sums[:len(state["sums"])] = state["sums"]  # a checkpoint older than the health keys has fewer
         self.grad_norms = list(state["grad_norms"])
         self.lr = state["lr"]
         self.totals = dict(state["totals"])
         self.skipped_steps = int(state["skipped_steps"])
+        self.first = state.get("first")  # absent in checkpoints older than the health checks
 
     def close(self) -> None:
         if self.rank == 0:
@@ -165,6 +210,8 @@ class MetricTracker:
             self.jsonl.close()
             if self.writer is not None:
                 self.writer.close()
+            for tracker in self.trackers:
+                tracker.close()
 
 
 # --- after a resume: each step's row exactly once -------------------------------------------------

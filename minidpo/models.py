@@ -97,15 +97,15 @@ def pad_id(tokenizer) -> int:
 
 
 def stop_ids(tokenizer, model=None) -> frozenset[int]:
-    """EOS of the tokenizer (and of the model's configs) plus the chat template's end-of-turn token."""
+    """EOS of the tokenizer (and of the model's configs) plus the chat template's end-of-turn token(s): the
+    one after an answer and, when it differs, the one after a tool call (Llama 3.1's <|eom_id|>)."""
     ids: set[int] = set()
     for source in (tokenizer, getattr(model, "generation_config", None), getattr(model, "config", None)):
         eos = getattr(source, "eos_token_id", None)
         if eos is not None:
             ids.update([eos] if isinstance(eos, int) else eos)
-    end = ChatEncoder(tokenizer).end_id  # the end-of-turn token the trainer puts after every answer
-    if end is not None:
-        ids.add(int(end))
+    # the end-of-turn token the trainer puts after every answer, and after a tool call when that is another
+    ids.update(ChatEncoder(tokenizer).end_ids)
     return frozenset(int(i) for i in ids)
 
 

@@ -1,10 +1,13 @@
-"""Reference log-probs computed once before training (`--precompute_ref`) and cached on disk.
+"""The reference beyond a frozen copy: its log-probs computed once before training (`--precompute_ref`)
+and cached on disk, or TR-DPO's updates of it from the policy (`--sync_ref_model`, `ReferenceSync`).
 
 The reference model is frozen, so log ref(y|x) of every pair is the same at every epoch and every
 restart: computing it once saves one forward of the reference per micro-step, and the reference
 engine's memory during training. Only the pairs the run trains on are scored (max_steps may use a
 fraction of the data). The cache key covers the pairs' token ids, the reference weights
 (files, sizes, modification times), the precision and the reduction, so any change recomputes.
+LD-DPO (`ld_alpha`) only reweights the policy's log-probs, as TRL, LLaMA-Factory and ms-swift do: the
+cached reference sums are the plain ones, so the key does not depend on it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ import torch
 import torch.distributed as dist
 
 from minidpo.data.collate import collate_packed, collate_pairs, padded_length
+from minidpo.errors import ConfigError
 from minidpo.fsutil import atomic_file, cache_dir
-from minidpo.lora import reference_adapter
+from minidpo.lora import POLICY, REFERENCE, reference_adapter, syncs_adapter, twin_name
 from minidpo.logprobs import pair_logps
 from minidpo.metrics import progress
 
@@ -98,3 +102,73 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
         log(f"reference log-probs: computed for {len(missing)} of the {int(needed.sum())} pairs trained on "
             f"({len(dataset)} in the data), cached in {path}")
     return table
+
+
+class ReferenceSync:
+    """TR-DPO (Gorbatovski et al. 2024, as TRL's sync_ref_model): every `every` optimizer steps,
+    ref <- alpha * policy + (1 - alpha) * ref for each reference parameter (alpha = 1: a hard copy),
+    computed in float32 and stored in the reference's dtype. `pairs` are (name, reference parameter,
+    policy parameter); under ZeRO-3 each pair is gathered (collective: every rank calls `after_step`),
+    changed on rank 0 and partitioned again. `state_dict` / `load_state_dict` carry the synced reference
+    through a checkpoint (minidpo.checkpoint), since it cannot be recomputed from the policy's weights."""
+
+    def __init__(self, pairs: list, alpha: float, every: int) -> None:
+        self.pairs, self.alpha, self.every = pairs, alpha, every
+
+    def after_step(self, step: int) -> None:
+        if step % self.every == 0:
+            self.sync()
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        for _, ref, policy in self.pairs:
+            with _gathered([ref, policy], modifier_rank=0):
+                mixed = policy.data.float() if self.alpha == 1.0 else (
+                    self.alpha * policy.data.float() + (1.0 - self.alpha) * ref.data.float())
+                ref.data.copy_(mixed.to(ref.dtype))
+
+    def state_dict(self) -> dict:
+        """The reference parameters by name, on the CPU, on rank 0 (empty elsewhere; collective under ZeRO-3)."""
+        state = {}
+        for name, ref, _ in self.pairs:
+            with _gathered([ref]):
+                if dist.get_rank() == 0:
+                    state[name] = ref.data.detach().cpu().clone()
+        return state
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for name, ref, _ in self.pairs:
+            with _gathered([ref], modifier_rank=0):
+                ref.data.copy_(state[name].to(ref.device, ref.dtype))
+
+
+def _gathered(params, modifier_rank=None):
+    """ZeRO-3: the full parameters for the block (rank `modifier_rank`'s changes kept); otherwise a no-op."""
+    import deepspeed  # heavy: imported when training
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def reference_sync(cfg, policy, reference) -> ReferenceSync | None:
+    """TR-DPO's updater for this run (None without --sync_ref_model): the reference engine's parameters
+    paired with the policy's of the same name, or with LoRA (no --ref_model) the frozen twin adapter's
+    paired with the trained adapter's (minidpo.lora)."""
+    if not cfg.sync_ref_model:
+        return None
+    policy_params = dict(policy.module.named_parameters())
+    if syncs_adapter(cfg):
+        pairs = [(name, p, policy_params[twin_name(name, REFERENCE, POLICY)])
+                 for name, p in policy_params.items() if REFERENCE in name.split(".")]
+    else:
+        pairs = [(name, p, policy_params.get(name)) for name, p in reference.module.named_parameters()]
+        bad = [name for name, p, q in pairs if q is None or _shape(p) != _shape(q)]
+        if bad or len(pairs) != len(policy_params):
+            raise ConfigError(f"--sync_ref_model: the reference model {cfg.ref_model_path} does not have the policy's "
+                              f"parameters (first mismatch: {bad[0] if bad else 'parameter count'}); TR-DPO copies "
+                              "the policy into the reference, so both must be the same architecture")
+    return ReferenceSync(pairs, cfg.ref_model_mixup_alpha, cfg.ref_model_sync_steps)
+
+
+def _shape(p) -> tuple:
+    return tuple(getattr(p, "ds_shape", p.shape))  # ZeRO-3 keeps the full shape in ds_shape

@@ -41,7 +41,8 @@ def load_data(cfg, tokenizer, rank: int, log):
         return load_preference_data(
             cfg.data, tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
             data_format=cfg.data_format, on_bad_record=cfg.on_bad_record, log=log,
-            chat_template=cfg.chat_template,
+            chat_template=cfg.chat_template, enable_thinking=cfg.enable_thinking,
+            answer_reasoning=cfg.answer_reasoning, tools=cfg.tools,
         )
     dataset = load() if rank == 0 else None
     dist.barrier()
@@ -176,17 +177,22 @@ def start_or_resume(run: Run, log) -> tuple[dict, bool]:
 
 
 def write_summary(run: Run, steps: int, seconds: float, totals: dict | None = None,
-                  skipped_steps: int | None = None) -> dict:
-    """summary.json: steps, training seconds, and (DPO) the run's pair, token and padding totals."""
+                  skipped_steps: int | None = None, health: list[dict] | None = None) -> dict:
+    """summary.json: steps, training seconds, and (DPO) the run's pair, token and padding totals and its
+    health warnings (minidpo.health; None: the checks were off or this is not rank 0)."""
     summary = {"steps": steps, "seconds": round(seconds, 3), "pairs": len(run.dataset),
                "world_size": run.world_size, "export": os.path.join(run.cfg.output_dir, "export")}
     if skipped_steps is not None:  # updates skipped for a non-finite loss or gradient (minidpo.nonfinite)
         summary["train/skipped_steps"] = skipped_steps
     if totals:
         summary["trained"] = {k: int(v) for k, v in totals.items()}
+    if health is not None:
+        summary["health"] = health
     if run.rank == 0:
         write_text_atomic(os.path.join(run.cfg.output_dir, "summary.json"), json.dumps(summary, indent=2))
         run.log(f"done: {steps} steps in {summary['seconds']} s; Hugging Face export in {summary['export']}")
+        if health:
+            run.log(f"minidpo: {len(health)} health warning(s) in {run.cfg.output_dir}/summary.json (docs/health.md)")
     return summary
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from minidpo.data import ChatEncoder, TokenizedPair, collate_pairs
-from minidpo.logprobs import sequence_logprobs
+from minidpo.logprobs import sequence_logprobs, token_logprobs
 from minidpo.models import pad_id
 
 
@@ -115,3 +115,25 @@ def implicit_rewards(
     policy_logps = response_logprobs(policy, tokenizer, prompt_messages, responses, reduction=reduction)
     reference_logps = response_logprobs(reference, tokenizer, prompt_messages, responses, reduction=reduction)
     return beta * (policy_logps - reference_logps)
+
+
+@torch.no_grad()
+def response_token_logprobs(model, tokenizer, prompt_messages: list[dict], response: str) -> tuple[list[int], torch.Tensor]:
+    """(response ids, log pi(token | prompt, earlier tokens) of each): one forward pass over one answer,
+    tokenized as in training (the end-of-turn token included), so the values sum to `response_logprobs`."""
+    (prompt, ids), = encode_responses(tokenizer, prompt_messages, [response])
+    if not prompt:
+        raise ValueError("a scored response needs at least one prompt token before it")
+    row = torch.tensor([prompt + ids], device=_model_device(model))
+    logits = model(input_ids=row).logits
+    per_token = token_logprobs(logits[:, :-1], row[:, 1:])[0, len(prompt) - 1:]
+    return ids, per_token.float().cpu()
+
+
+def token_rewards(policy, reference, tokenizer, prompt_messages: list[dict], response: str,
+                  beta: float) -> tuple[list[int], torch.Tensor]:
+    """(response ids, each token's share of the implicit reward beta * (log pi_policy - log pi_reference));
+    the shares sum to `implicit_rewards` of the response. One pass of each model over the answer."""
+    ids, policy_logps = response_token_logprobs(policy, tokenizer, prompt_messages, response)
+    _, reference_logps = response_token_logprobs(reference, tokenizer, prompt_messages, response)
+    return ids, beta * (policy_logps - reference_logps)

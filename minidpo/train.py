@@ -13,21 +13,23 @@ import torch
 import torch.distributed as dist
 
 from minidpo import checkpoint, lora
-from minidpo.config import RunConfig
+from minidpo.config import RunConfig, report_to_names
 from minidpo.ds_config import reference_ds_config
 from minidpo.data.collate import real_tokens
 from minidpo.engine import build_policy_engine, build_reference_engine, device
 from minidpo.fault_injection import inject, poison_loss
+from minidpo.health import HealthMonitor, data_red_flags
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
 from minidpo.losses import RunningRewardMean, loss_names, needs_reference, preference_loss
 from minidpo.metrics import MetricTracker
 from minidpo.models import load_causal_lm
 from minidpo.moe import RouterLoss, sums_over_layers
 from minidpo.nonfinite import NonFiniteGuard
-from minidpo.reference import load_or_compute_reference_logps
+from minidpo.reference import load_or_compute_reference_logps, reference_sync
 from minidpo.run import main_for, prepare_run, start_or_resume, write_summary
 from minidpo.schedule import warmup_cosine
 from minidpo.signals import StopRequest, resume_hint
+from minidpo.trackers import open_trackers
 
 
 def enable_moe_aux_loss(model, coef: float | None) -> float:
@@ -92,6 +94,9 @@ def train(cfg: RunConfig) -> dict:
 
 def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     run = prepare_run(cfg)
+    data_flags = data_red_flags(run.dataset, run.tokenizer, cfg) if cfg.health and run.rank == 0 else []
+    for flag in data_flags:
+        run.log(f"minidpo: data red flag: {flag}")
     fingerprint, resuming = start_or_resume(run, run.log)  # before the heavy work
     policy_model = load_causal_lm(cfg.model, trainable=True, activation_checkpointing=cfg.activation_checkpointing,
                                   allow_pickle=cfg.allow_pickle_weights)
@@ -117,13 +122,18 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
             device=device(), rank=run.rank, world_size=run.world_size, log=run.log, pairs=run.trained_pairs())
     elif needs_reference(cfg.loss_type):  # SimPO, CPO, ORPO: no reference at all (and no precompute_ref)
         reference = make_reference()
-    state = checkpoint.resume(policy, cfg.output_dir) if resuming else {"step": 0}
+    sync = reference_sync(cfg, policy, reference)  # TR-DPO's reference updates (None without --sync_ref_model)
+    state = checkpoint.resume(policy, cfg.output_dir, reference=sync) if resuming else {"step": 0}
     step, rank_state = state["step"], state.get("rank_state", {})
     run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
             + (f", resumed at step {step}" if step else ""))
 
-    tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step)
+    health = HealthMonitor(cfg, data_flags) if cfg.health and run.rank == 0 else None
+    reports = report_to_names(cfg.report_to)  # rank 0 writes them all
+    tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step, health=health,
+                            tensorboard="tensorboard" in reports,
+                            trackers=open_trackers(reports, cfg.output_dir, cfg.to_dict()) if run.rank == 0 else None)
     tracker.load_state_dict(rank_state.get("metrics"))
     bco = bco_running_mean(cfg, run.world_size)  # bco_pair's delta, carried across steps and resumes
     if bco is not None:
@@ -135,7 +145,7 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
         return checkpoint.save(policy, run.tokenizer, cfg.output_dir, step, {"step": step}, keep=cfg.keep_checkpoints,
                                export=export, rank_state={"metrics": tracker.state_dict(),
                                                           **({"bco": bco.state_dict()} if bco else {})},
-                               meta={"fingerprint": fingerprint})
+                               meta={"fingerprint": fingerprint}, reference=sync)
     for micro, indices, batch in run.micro_batches(step):
         ref_chosen = ref_rejected = None  # a reference-free loss has none
         if ref_table is not None:
@@ -145,14 +155,16 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
                 ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
         if router:
             router.clear()
-        chosen, rejected, aux_loss = pair_logps(policy, batch, cfg.logps_reduction)
+        policy_out = pair_logps(policy, batch, cfg.logps_reduction, ld_alpha=cfg.ld_alpha, weights=cfg.use_weighting)
+        chosen, rejected, aux_loss = policy_out[:3]
+        pair_weights = policy_out[3] if cfg.use_weighting else None  # WPO
         if router:
             aux_loss = router.loss(batch)
         chosen_lengths, rejected_lengths = response_lengths([run.dataset[i] for i in indices], cfg.logps_reduction,
                                                             chosen.device)
         losses, chosen_rewards, rejected_rewards = preference_loss(
             chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
-            rejected_lengths=rejected_lengths, bco_delta=bco, **loss_settings(cfg))
+            rejected_lengths=rejected_lengths, bco_delta=bco, pair_weights=pair_weights, **loss_settings(cfg))
         loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
@@ -163,11 +175,15 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
         tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
                                tokens=pair_tokens(run.dataset[i] for i in indices),
                                positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
-                               aux_loss=0.0 if aux_loss is None else aux_loss.item())
+                               aux_loss=0.0 if aux_loss is None else aux_loss.item(),
+                               lengths=(chosen_lengths, rejected_lengths), logratios=None if ref_chosen is None
+                               else (chosen - ref_chosen, rejected - ref_rejected))
         if (micro + 1) % cfg.grad_accum:
             continue
         step += 1
         tracker.add_optimizer_step(policy.get_global_grad_norm(), lr, skipped=guard.after_step(step, saved))
+        if sync:
+            sync.after_step(step)  # TR-DPO: collective under ZeRO-3, the same step on every rank
         if step % cfg.log_interval == 0 or step == run.total_steps:
             tracker.log(step)
         inject("step", step)
@@ -186,7 +202,8 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     save(step, False)
     checkpoint.export_hf(policy, run.tokenizer, os.path.join(cfg.output_dir, "export"))
     tracker.close()
-    return write_summary(run, step, seconds, tracker.totals, skipped_steps=tracker.skipped_steps)
+    return write_summary(run, step, seconds, tracker.totals, skipped_steps=tracker.skipped_steps,
+                         health=None if health is None else health.warnings())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ from minidpo.errors import ModelError  # noqa: E402
 from minidpo.generation import SamplingSettings, sample_next  # noqa: E402
 from minidpo.models import load_model  # noqa: E402
 from minidpo.data import encode_prompt_response, load_preference_data  # noqa: E402
-from minidpo.scoring import implicit_rewards, response_logprobs  # noqa: E402
+from minidpo.scoring import implicit_rewards, response_logprobs, token_rewards  # noqa: E402
 
 SETTINGS = dict(max_new_tokens=12, temperature=0.8, top_p=0.95, top_k=40, repetition_penalty=1.1, seed=3)
 
@@ -108,6 +108,30 @@ def test_implicit_rewards(models):
                   - response_logprobs(sft.model, sft.tokenizer, msgs, answers))
     torch.testing.assert_close(r, want)
     assert torch.all(implicit_rewards(sft.model, sft.model, sft.tokenizer, msgs, answers, 0.1).abs() < 1e-5)
+
+
+def test_token_shares_sum_to_the_answers_implicit_reward(comparer):
+    *_, (sft_text, dpo_text, sft_stats, dpo_stats, status) = comparer.compare(
+        *args("Explain photosynthesis", max_new_tokens=16), colour=True)
+    sft, dpo, tok = comparer.sft, comparer.dpo, comparer.sft.tokenizer
+    msgs = [{"role": "user", "content": "Explain photosynthesis"}]
+    r = implicit_rewards(dpo.model, sft.model, tok, msgs, [sft_text, dpo_text], 0.1)
+    for k, text in enumerate((sft_text, dpo_text)):
+        ids, shares = token_rewards(dpo.model, sft.model, tok, msgs, text, 0.1)
+        p, want_ids = encode_prompt_response(tok, msgs, text)
+        assert ids == list(want_ids) and shares.shape == (len(ids),)
+        assert shares.sum().item() == pytest.approx(r[k].item(), abs=1e-4)
+        row = torch.tensor([list(p) + list(want_ids)])  # each share by hand: full-vocabulary log_softmax, one row
+        with torch.no_grad():
+            lp = [torch.log_softmax(m.model(input_ids=row).logits.double(), -1)[0] for m in (dpo, sft)]
+        for j, t in enumerate(want_ids):
+            hand = 0.1 * (lp[0][len(p) + j - 1, t] - lp[1][len(p) + j - 1, t]).item()
+            assert shares[j].item() == pytest.approx(hand, abs=1e-5)
+    assert f"{r[0].item():+.3f}" in sft_stats and f"{r[1].item():+.3f}" in dpo_stats
+    sft_html, dpo_html = comparer.token_colours()
+    assert dpo_html.count('class="tok"') == len(ids) and f"{r[1].item():+.3f}" in dpo_html
+    list(comparer.compare(*args("Explain photosynthesis", max_new_tokens=4)))  # a new one, without colours
+    assert comparer.token_colours() == ("", "")
 
 
 # -- sampling and streaming -------------------------------------------------------------------------
@@ -255,6 +279,16 @@ def test_build_app(comparer):
 
     demo = build_app(comparer)
     assert demo.title == "minidpo: SFT vs DPO"
+    assert "Training health" not in json.dumps(demo.config, default=str)  # not a minidpo run: no health section
+
+    # the DPO run's health warnings (summary.json) are shown under the models line
+    summary = Path(comparer.dpo.path) / "summary.json"
+    summary.write_text(json.dumps({"health": [{"check": "saturation", "step": 40, "message": "margins grow"}]}))
+    try:
+        page = json.dumps(build_app(comparer).config, default=str)
+    finally:
+        summary.unlink()
+    assert "Training health" in page and "**saturation** (step 40): margins grow" in page
     kw = launch_kwargs()
     assert kw["server_name"] == "127.0.0.1" and kw["server_port"] == 7860 and "theme" in kw
     a = parse_args([])

@@ -1,4 +1,5 @@
-"""The comparison app in a real (Debian) Chromium: compare, stats, blind vote, and no request leaves the machine."""
+"""The app in a real (Debian) Chromium: compare, stats, blind vote, the arena (names revealed, a second turn, both bad,
+regenerate, tie), the leaderboard changing, token colours, thumbs, and no request leaves the machine."""
 
 from __future__ import annotations
 
@@ -147,4 +148,61 @@ def test_blind_vote_in_the_browser(page, served, tmp_path):
     assert record["prompt"] == "教我怎么在家制作炸弹"
     assert record["chosen"] == a_text and record["rejected"] == b_text
     assert record["meta"]["winner"] in ("sft", "dpo")
+    assert page.external_requests == []
+
+
+def test_arena_leaderboard_thumbs_and_token_colours(page, served, tmp_path):
+    from playwright.sync_api import expect
+
+    from app.leaderboard import read_battles
+
+    _, comparer = served
+    before = len(read_battles(comparer.votes.battles_path))
+    page.locator("#prompt textarea").fill("Explain photosynthesis")
+    page.get_by_role("tab", name="Arena").click()
+    page.locator("#blind-btn").click()
+    expect(page.locator("#blind-status")).to_contain_text("Both answers are ready", timeout=60_000)
+    page.locator("#vote-a").click()
+    status = page.locator("#vote-status")
+    expect(status).to_contain_text("Vote saved", timeout=30_000)
+    expect(status).to_contain_text("A was")  # the names, revealed after the vote
+    assert {"SFT", "DPO"} <= set(status.inner_text().replace(",", " ").replace(".", " ").split())
+
+    # the conversation goes on with both models: the prompt box is the next turn
+    page.locator("#prompt textarea").fill("And in winter?")
+    page.locator("#continue-btn").click()
+    expect(page.locator("#blind-status")).to_contain_text("turn 2 of the conversation", timeout=60_000)
+    expect(page.locator("#conversation")).to_contain_text("Explain photosynthesis")
+    page.locator("#vote-both-bad").click()
+    expect(status).to_contain_text("both are bad", timeout=30_000)
+    bad = [json.loads(x) for x in comparer.votes.unpaired_path.read_text(encoding="utf-8").splitlines()[-2:]]
+    assert [b["label"] for b in bad] == [False, False] and bad[0]["prompt"][-1]["content"] == "And in winter?"
+
+    page.get_by_role("tab", name="Leaderboard").click()
+    board = page.locator("#leaderboard")
+    expect(board).to_contain_text(f"{before + 2} battles", timeout=30_000)
+    expect(board).to_contain_text("95% interval")
+    expect(page.locator("#heatmap")).to_contain_text("wins of")
+    page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+    page.get_by_role("tab", name="Arena").click()
+    page.locator("#regenerate-btn").click()  # the same pair, the turn answered again
+    expect(page.locator("#blind-status")).to_contain_text("answered again", timeout=60_000)
+    page.locator("#vote-tie").click()
+    expect(status).to_contain_text("a tie", timeout=30_000)
+    page.get_by_role("tab", name="Leaderboard").click()
+    expect(board).to_contain_text(f"{before + 3} battles", timeout=30_000)  # the board changed with the vote
+
+    page.get_by_role("tab", name="Side by side").click()
+    page.locator("#prompt textarea").fill("Explain photosynthesis")
+    page.locator("#colour-tokens input").check()
+    page.locator("#compare-btn").click()
+    expect(page.locator("#status")).to_contain_text("Done", timeout=60_000)
+    expect(page.locator("#dpo-tokens")).to_contain_text("implicit reward", timeout=30_000)
+    assert page.locator("#dpo-tokens .tok").count() > 0 and page.locator("#sft-tokens .tok").count() > 0
+    page.screenshot(path=str(tmp_path / "token_colours.png"), full_page=True)
+    page.locator("#thumb-down-sft").click()
+    expect(page.locator("#thumb-status")).to_contain_text("Thumbs down saved", timeout=30_000)
+    thumb = json.loads(comparer.votes.unpaired_path.read_text(encoding="utf-8").splitlines()[-1])
+    assert thumb["label"] is False and thumb["meta"]["model"] == "SFT"
+    assert thumb["completion"] == page.locator("#sft-answer textarea").input_value()
     assert page.external_requests == []

@@ -34,11 +34,14 @@ def test_sft_then_dpo_then_eval(tmp_path):
                           learning_rate=5e-4, **common))
     rows = [json.loads(line) for line in open(tmp_path / "dpo/metrics.jsonl")]
     assert [r["step"] for r in rows] == [2, 4]
+    # a healthy run: no health check fires (docs/health.md), no data red flag either
+    assert json.loads((tmp_path / "dpo/summary.json").read_text())["health"] == []
 
     result = evaluate(sft["export"], dpo["export"], data / "heldout.jsonl", tmp_path / "eval", beta=0.1,
                       n_generate=8, max_new_tokens=24, n_kl=4, kl_max_new_tokens=16, batch_size=8,
                       judge=judge_heldout)
     assert (tmp_path / "eval/eval.json").is_file() and (tmp_path / "eval/eval.md").is_file()
+    assert "No health warning fired during training" in (tmp_path / "eval/eval.md").read_text()  # the run's summary
     assert "NaN" not in json.dumps(result)
     pref = result["preference"]
     assert pref["n_pairs"] == 16

@@ -16,6 +16,7 @@ fingerprint is derived from it (minidpo.checkpoint), so a new setting cannot be 
 
 from minidpo.config.checks import check_output_dir, check_token_budget, validate
 from minidpo.config.flags import build_arg_parser, load_config_file, parse_config
+from minidpo.config.health import TRACKERS, HealthSettings, report_to_names
 from minidpo.config.sections import (
     BAD_RECORD_POLICIES,
     CHAT_TEMPLATES,
@@ -35,7 +36,8 @@ from minidpo.config.sections import (
     SFTConfig,
 )
 
-__all__ = ["BAD_RECORD_POLICIES", "CHAT_TEMPLATES", "DTYPES", "FREE_SECTIONS", "LOGPS_REDUCTIONS", "BatchSettings",
-           "CheckpointSettings", "DataSettings", "DistributedSettings", "LoraSettings", "LossSettings", "ModelSettings",
-           "ReferenceSettings", "RunConfig", "SFTConfig", "ScheduleSettings", "build_arg_parser", "check_output_dir",
-           "check_token_budget", "load_config_file", "parse_config", "validate"]
+__all__ = ["BAD_RECORD_POLICIES", "CHAT_TEMPLATES", "DTYPES", "FREE_SECTIONS", "LOGPS_REDUCTIONS", "TRACKERS",
+           "BatchSettings", "CheckpointSettings", "DataSettings", "DistributedSettings", "HealthSettings", "LoraSettings",
+           "LossSettings", "ModelSettings", "ReferenceSettings", "RunConfig", "SFTConfig", "ScheduleSettings",
+           "build_arg_parser", "check_output_dir", "check_token_budget", "load_config_file", "parse_config",
+           "report_to_names", "validate"]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import math
 import os
 
+from minidpo.config.health import HealthSettings, check_health_settings
 from minidpo.config.sections import (
     BAD_RECORD_POLICIES,
     CHAT_TEMPLATES,
     DTYPES,
     LOGPS_REDUCTIONS,
+    REASONING_MODES,
     LossSettings,
+    ReferenceSettings,
     RunConfig,
 )
 from minidpo.errors import ConfigError
@@ -45,7 +48,10 @@ def validate(cfg) -> None:
         raise ConfigError(f"--data {cfg.data}: no such file or folder")
     if not os.path.isfile(cfg.deepspeed):
         raise ConfigError(f"--deepspeed {cfg.deepspeed}: no such file (see ds_configs/)")
-    choices = [("dtype", DTYPES), ("chat_template", CHAT_TEMPLATES), ("on_bad_record", BAD_RECORD_POLICIES)]
+    choices = [("dtype", DTYPES), ("chat_template", CHAT_TEMPLATES), ("on_bad_record", BAD_RECORD_POLICIES),
+               ("answer_reasoning", REASONING_MODES)]
+    if cfg.tools is not None and not os.path.isfile(cfg.tools):
+        raise ConfigError(f"--tools {cfg.tools}: no such file (a JSON list of tool schemas)")
     if isinstance(cfg, LossSettings):
         choices.append(("logps_reduction", LOGPS_REDUCTIONS))
     for name, allowed in choices:
@@ -68,6 +74,8 @@ def validate(cfg) -> None:
                           "(every n-th layer)")
     if cfg.max_skipped_steps < 0 or cfg.dist_timeout <= 0 or not math.isfinite(cfg.dist_timeout):
         raise ConfigError("--max_skipped_steps must be >= 0 and --dist_timeout > 0 (seconds)")
+    if isinstance(cfg, HealthSettings):
+        check_health_settings(cfg)
     check_output_dir(cfg.output_dir)
 
 
@@ -76,14 +84,33 @@ def _check_loss(cfg) -> None:
         check_loss_settings(cfg.loss_type, cfg.beta, cfg.label_smoothing, cfg.rpo_alpha, loss_weights=cfg.loss_weights,
                             simpo_gamma=cfg.simpo_gamma, discopop_tau=cfg.discopop_tau,
                             f_divergence_type=cfg.f_divergence_type,
-                            f_alpha_divergence_coef=cfg.f_alpha_divergence_coef)
+                            f_alpha_divergence_coef=cfg.f_alpha_divergence_coef, ld_alpha=cfg.ld_alpha,
+                            use_weighting=cfg.use_weighting, logps_reduction=cfg.logps_reduction)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if isinstance(cfg, ReferenceSettings):
+        _check_reference_sync(cfg)
     if not needs_reference(cfg.loss_type):  # nothing would read a reference model
-        for name in ("ref_model", "precompute_ref"):
+        for name in ("ref_model", "precompute_ref", "sync_ref_model"):
             if getattr(cfg, name):
                 raise ConfigError(f"--{name} does not apply: loss_type {','.join(loss_names(cfg.loss_type))} is "
                                   "reference-free (no reference model is loaded)")
+
+
+def _check_reference_sync(cfg) -> None:
+    """TR-DPO's settings (the LoRA-specific ones are checked by minidpo.lora.check_settings)."""
+    if not cfg.sync_ref_model:
+        for name in ("ref_model_mixup_alpha", "ref_model_sync_steps"):
+            if getattr(cfg, name) != getattr(ReferenceSettings, name):
+                raise ConfigError(f"--{name} only applies with --sync_ref_model true (TR-DPO)")
+        return
+    if cfg.precompute_ref:
+        raise ConfigError("--precompute_ref cannot be used with --sync_ref_model: the reference changes during "
+                          "training, so its log-probs cannot be computed once")
+    if not 0.0 < cfg.ref_model_mixup_alpha <= 1.0:
+        raise ConfigError(f"--ref_model_mixup_alpha must be in (0, 1] (1: hard copy), got {cfg.ref_model_mixup_alpha}")
+    if cfg.ref_model_sync_steps < 1:
+        raise ConfigError(f"--ref_model_sync_steps must be >= 1, got {cfg.ref_model_sync_steps}")
 
 
 def check_token_budget(value) -> None:

@@ -74,11 +74,16 @@ def load_config_file(path: str) -> dict:
 
 def parse_config(argv: list[str] | None = None, config_cls=RunConfig, description: str = ""):
     """Defaults < --config file < command-line flags. Unknown keys in the file are errors."""
-    args = vars(build_arg_parser(config_cls, description).parse_args(argv))
-    args.pop("local_rank", None)
+    return config_from_flags(vars(build_arg_parser(config_cls, description).parse_args(argv)), config_cls)
+
+
+def config_from_flags(args: dict, config_cls=RunConfig):
+    """The run config of parsed flags (build_arg_parser's, or a parser that took its arguments as a
+    parent): defaults < --config file < the flags given. Keys that are not settings are ignored."""
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    args = {k: v for k, v in args.items() if k in known or k == "config"}
     values = load_config_file(args.pop("config")) if args.get("config") else {}
     args.pop("config", None)
-    known = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         what = "DPO-only " if config_cls is not RunConfig and set(unknown) <= {f.name for f in dataclasses.fields(RunConfig)} else ""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from minidpo.config.health import HealthSettings
 from minidpo.errors import ConfigError
 
 DTYPES = ("bf16", "fp16", "fp32")
 CHAT_TEMPLATES = ("auto", "none")
 LOGPS_REDUCTIONS = ("sum", "mean")
 BAD_RECORD_POLICIES = ("error", "skip")
+REASONING_MODES = ("as_given", "strip", "if_both")
 
 
 def setting(default, help: str = " ", *, resume: str | None = None):  # noqa: A002 - argparse's word
@@ -47,6 +49,11 @@ class DataSettings:
                                  "as they are); none: raw prompt + answer + EOS (TRL's string data)")
     max_length: int = 512
     max_prompt_length: int = 256
+    enable_thinking: bool | None = setting(None, "passed to the chat template (Qwen3, MiniMind-3: false closes the think "
+                                           "block in the generation prompt); unset: the template's default")
+    answer_reasoning: str = setting("as_given", "the answers' reasoning (reasoning_content or <think>...</think>): "
+                                    "as_given | strip (from both answers) | if_both (kept only where both have it)")
+    tools: str | None = setting(None, "a JSON file of tool schemas for the records without their own \"tools\"")
 
 
 @dataclass
@@ -67,6 +74,10 @@ class LossSettings:
     f_divergence_type: str = setting("reverse_kl", "f-DPO's divergence for sigmoid / sigmoid_norm: reverse_kl (DPO) | "
                                      "forward_kl | js_divergence | alpha_divergence (docs/losses.md)")
     f_alpha_divergence_coef: float = setting(0.5, "alpha of alpha_divergence, in (0, 1): 0 is reverse KL, 1 forward KL")
+    ld_alpha: float | None = setting(None, "LD-DPO: weight in [0, 1] of the longer answer's log-probs past the shorter "
+                                     "one's length (policy side; 1: DPO; unset: off)")
+    use_weighting: bool = setting(False, "WPO: weight each pair by the policy's length-normalised probability of its "
+                                  "two answers (docs/losses.md)")
     aux_loss_coef: float | None = setting(None, "weight of a MoE model's aux loss (default: the model config's)")
 
 
@@ -79,6 +90,11 @@ class ReferenceSettings:
     precompute_ref: bool = setting(False, "compute the reference log-probs once before training (cached on disk)",
                                    resume="free")
     shared_prompt: bool = setting(True, "pack [prompt, chosen, rejected] into one row: the prompt is computed once")
+    sync_ref_model: bool = setting(False, "TR-DPO: update the reference from the policy every ref_model_sync_steps "
+                                   "optimizer steps (docs/losses.md)")
+    ref_model_mixup_alpha: float = setting(0.6, "TR-DPO: ref <- alpha * policy + (1 - alpha) * ref at each sync "
+                                           "(1: hard copy)")
+    ref_model_sync_steps: int = setting(512, "TR-DPO: optimizer steps between reference updates")
 
 
 @dataclass
@@ -204,7 +220,7 @@ def _numbers(value, name: str) -> list[float] | None:
 
 @dataclass
 class RunConfig(_Config, ModelSettings, DataSettings, ReferenceSettings, LossSettings, LoraSettings,
-                ScheduleSettings, BatchSettings, CheckpointSettings, DistributedSettings):
+                ScheduleSettings, BatchSettings, CheckpointSettings, DistributedSettings, HealthSettings):
     """A DPO run: every section."""
 
 

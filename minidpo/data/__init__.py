@@ -10,8 +10,11 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
   forward: `input_ids`, `position_ids`, `segment_ids`, `source` (see its docstring).
 
     files.py     file / folder -> raw records (JSON, JSONL, Parquet, Arrow), each named file:line
+    messages.py  a record's messages, tool calls, tool results, reasoning and tools -> template messages
     formats.py   record -> PreferencePair (several formats, errors name file:line and field)
+    boundary.py  where the prompt ends and the answer starts (the template's generation prompt)
     chat.py      chat template (or plain / raw) -> response-only ids (ChatEncoder, TokenizedPair)
+    display.py   an answer as Markdown: thinking folded, tool calls as JSON
     tokenize.py  truncation, stats, the dataset and its on-disk cache
     collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
     plan.py      batch_plan, budget_steps, Batching: deterministic, length-grouped, equal work per rank

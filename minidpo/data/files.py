@@ -180,3 +180,22 @@ def _read_json_array(text: str, name: str, start: int | None = None) -> Iterator
         if i < len(text) and text[i] == "]":
             return
         raise DataError(f"{where(i)}: malformed JSON (expected ',' or ']' after a record)", "malformed JSON")
+
+
+def read_tools(path: str | os.PathLike) -> list[dict]:
+    """The tool schemas of a whole data set (records without their own "tools" get them): a JSON file
+    holding a list of schemas, or an object {"tools": [...]}."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8-sig") as f:
+            value = json.load(f)
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the tools file ({e.strerror})", "missing file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{name}: the tools file is not JSON ({e})", "malformed JSON") from None
+    if isinstance(value, dict) and isinstance(value.get("tools"), list):
+        value = value["tools"]
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise DataError(f"{name}: expected a JSON list of tool schemas (or {{\"tools\": [...]}}), got "
+                        f"{type_name(value)}", "bad tool")
+    return value

@@ -1,7 +1,8 @@
 """Preference files -> `PreferencePair`s.
 
 Turns each record that minidpo.data.files reads (JSON, JSONL, Parquet, Arrow) into a `PreferencePair`:
-the prompt as chat messages plus the chosen and rejected answers as plain strings. Every record keeps a `source` ("file.jsonl:17") so
+the prompt as chat messages plus the chosen and rejected answers as assistant messages (their text,
+tool calls and reasoning; minidpo.data.messages), and the record's tool schemas ("tools"). Every record keeps a `source` ("file.jsonl:17") so
 that any error can name the file, the line and the field.
 
 Formats (`data_format=`; "auto" detects it from the first record of each file):
@@ -12,7 +13,10 @@ Formats (`data_format=`; "auto" detects it from the first record of each file):
              the leading messages the two conversations share are the prompt; what follows is one
              assistant message on each side.
 - "sharegpt" (LLaMA-Factory) {"conversations": [{"from", "value"}...], "chosen": {"from", "value"},
-             "rejected": {...}, optional "system"}, roles system / human / gpt.
+             "rejected": {...}, optional "system", optional "tools" (a JSON string)}, roles system / human /
+             gpt / function_call (the value: the call as JSON) / observation (a tool result).
+- "openai"   (OpenAI's preference fine-tuning) {"input": {"messages": [...], "tools": [...]},
+             "preferred_output": [message], "non_preferred_output": [message]}
 - "alpaca"   {"instruction", optional "input", "chosen", "rejected", optional "system",
              optional "history": [[user, assistant], ...]}
 - "trl"      (TRL's conversational form) {"prompt": [messages], "chosen": [messages], "rejected": [messages]}
@@ -39,10 +43,11 @@ from dataclasses import dataclass
 from minidpo.errors import DataError
 
 from .files import RawRecord, data_files, read_records, type_name
+from .messages import Record, answer_key
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai")
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
                   "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
                   "ultrafeedback_binarized": "ultrafeedback"}
@@ -51,8 +56,11 @@ HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 @dataclass(frozen=True)
 class PreferencePair:
-    """One preference: a prompt (chat messages, ending with a user turn) and two answers to it.
+    """One preference: a prompt (chat messages, ending with a user turn or a tool result) and two answers.
 
+    chosen / rejected: the answers' text (their content); chosen_message / rejected_message: the answers
+    as assistant messages, with their tool calls and reasoning (minidpo.data.messages), which is what is
+    rendered. tools: the tool schemas the template gets (the record's, else the file's), or None.
     raw: for string data (the prompt format without a system turn, HH transcripts), the (prompt, chosen,
     rejected) strings exactly as the record gives them: what chat_template="none" trains on."""
 
@@ -61,6 +69,14 @@ class PreferencePair:
     rejected: str
     source: str = ""
     raw: tuple[str, str, str] | None = None
+    tools: list[dict] | None = None
+    chosen_message: dict | None = None
+    rejected_message: dict | None = None
+
+    def answers(self) -> tuple[dict, dict]:
+        """(chosen, rejected) as assistant messages."""
+        return tuple(m if m is not None else {"role": "assistant", "content": text}
+                     for m, text in ((self.chosen_message, self.chosen), (self.rejected_message, self.rejected)))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -88,6 +104,8 @@ def detect_format(record: object, source: str = "") -> str:
         if isinstance(record["prompt"], list):
             return "trl"
         return "ultrafeedback" if isinstance(record.get("chosen"), list) else "prompt"
+    if "preferred_output" in record and "input" in record:
+        return "openai"
     if isinstance(record.get("chosen"), list) and isinstance(record.get("rejected"), list):
         return "messages"
     if isinstance(record.get("chosen"), str) and HH_ASSISTANT in record["chosen"]:
@@ -102,104 +120,41 @@ def detect_format(record: object, source: str = "") -> str:
 # Record -> PreferencePair
 
 
-class _Rec:
-    """Field access that raises DataErrors naming source and field."""
-
-    def __init__(self, value: object, source: str):
-        self.source = source
-        if not isinstance(value, dict):
-            self.fail("", f"expected a JSON object, got {type_name(value)}", "wrong type")
-        self.d = value
-
-    def fail(self, field: str, msg: str, reason: str):
-        f = f' field "{field}":' if field else ""
-        raise DataError(f"{self.source}:{f} {msg}", reason)
-
-    def string(self, value: object, field: str, *, allow_empty: bool = False) -> str:
-        if not isinstance(value, str):
-            self.fail(field, f"expected a non-empty string, got {type_name(value)}", "wrong type")
-        if not allow_empty and not value.strip():
-            self.fail(field, "expected a non-empty string, got an empty one", "empty field")
-        return value
-
-    def get(self, key: str, kind: type, *, required: bool = True, allow_empty: bool = False):
-        if key not in self.d or self.d[key] is None:
-            if required:
-                what = "a non-empty string" if kind is str else f"a non-empty {type_name(kind())}"
-                self.fail(key, f"missing (expected {what}; the record has {', '.join(map(repr, self.d)) or 'no keys'})",
-                          "missing field")
-            return None
-        v = self.d[key]
-        if kind is str:
-            return self.string(v, key, allow_empty=allow_empty)
-        if not isinstance(v, kind):
-            self.fail(key, f"expected {'an object' if kind is dict else 'a list'}, got {type_name(v)}", "wrong type")
-        if not allow_empty and len(v) == 0:
-            self.fail(key, f"expected a non-empty {type_name(kind())}, got an empty one", "empty field")
-        return v
-
-    def message(self, m: object, field: str, *, role_key="role", content_key="content",
-                roles: dict | None = None) -> dict:
-        if not isinstance(m, dict):
-            self.fail(field, f"expected a message object, got {type_name(m)}", "wrong type")
-        roles = roles or {r: r for r in ROLES}
-        if role_key not in m:
-            self.fail(f"{field}.{role_key}", f"missing (expected one of {', '.join(roles)})", "missing field")
-        role = m[role_key]
-        if not isinstance(role, str):
-            self.fail(f"{field}.{role_key}", f"expected a role string, got {type_name(role)}", "wrong type")
-        if role not in roles:
-            self.fail(f"{field}.{role_key}", f"unknown role {role!r} (expected one of {', '.join(roles)})",
-                      "unknown role")
-        if content_key not in m or m[content_key] is None:
-            self.fail(f"{field}.{content_key}", "missing (expected a non-empty string)", "missing field")
-        content = self.string(m[content_key], f"{field}.{content_key}", allow_empty=roles[role] == "system")
-        return {"role": roles[role], "content": content}
-
-    def messages(self, key: str, **kw) -> list[dict]:
-        """A list of messages; an empty system message is left out."""
-        ms = [self.message(m, f"{key}[{i}]", **kw) for i, m in enumerate(self.get(key, list))]
-        return [m for m in ms if m["role"] != "system" or m["content"].strip()]
-
-    def check_prompt(self, prompt: list[dict], field: str) -> list[dict]:
-        for i, m in enumerate(prompt):
-            if m["role"] == "system" and i != 0:
-                self.fail(field, f"a system message may only come first (found one at turn {i})", "bad structure")
-        if not prompt or prompt[-1]["role"] != "user":
-            self.fail(field, "the prompt must end with a user turn", "bad structure")
-        return prompt
-
-    def pair(self, prompt: list[dict], chosen: str, rejected: str, prompt_field: str,
-             raw: tuple[str, str, str] | None = None) -> PreferencePair:
-        self.check_prompt(prompt, prompt_field)
-        if chosen.strip() == rejected.strip():
-            self.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
-                      "chosen identical to rejected")
-        return PreferencePair(prompt, chosen, rejected, self.source, raw)
+def _pair(r: Record, prompt: list[dict], chosen: dict | str, rejected: dict | str, prompt_field: str,
+          raw: tuple[str, str, str] | None = None) -> PreferencePair:
+    """The pair of a record, once its prompt is checked and its two answers differ."""
+    r.check_prompt(prompt, prompt_field)
+    c, j = (m if isinstance(m, dict) else {"role": "assistant", "content": m} for m in (chosen, rejected))
+    if answer_key(c) == answer_key(j):
+        r.fail("rejected", "identical to chosen (a pair must prefer one answer over a different one)",
+               "chosen identical to rejected")
+    return PreferencePair(prompt, c["content"], j["content"], r.source, raw, r.tools, c, j)
 
 
-def _system(r: _Rec) -> list[dict]:
+def _system(r: Record) -> list[dict]:
     s = r.get("system", str, required=False, allow_empty=True)
     return [{"role": "system", "content": s}] if s and s.strip() else []
 
 
-def _parse_prompt(r: _Rec) -> PreferencePair:
+def _parse_prompt(r: Record) -> PreferencePair:
+    if isinstance(r.d.get("prompt"), list):  # TRL's two forms share the keys and may share a file
+        return _parse_trl(r)
     system = _system(r)
     prompt = system + [{"role": "user", "content": r.get("prompt", str)}]
     chosen, rejected = r.get("chosen", str), r.get("rejected", str)
     raw = None if system else (prompt[-1]["content"], chosen, rejected)
-    return r.pair(prompt, chosen, rejected, "prompt", raw)
+    return _pair(r, prompt, chosen, rejected, "prompt", raw)
 
 
-def _one_assistant(r: _Rec, msgs: list[dict], field: str, offset: int = 0) -> str:
+def _one_assistant(r: Record, msgs: list[dict], field: str, offset: int = 0) -> dict:
     if len(msgs) != 1:
         r.fail(field, f"expected exactly one assistant message after the prompt, got {len(msgs)}", "bad structure")
     if msgs[0]["role"] != "assistant":
         r.fail(f"{field}[{offset}].role", f"expected 'assistant', got {msgs[0]['role']!r}", "bad structure")
-    return msgs[0]["content"]
+    return msgs[0]
 
 
-def _parse_messages(r: _Rec) -> PreferencePair:
+def _parse_messages(r: Record) -> PreferencePair:
     chosen, rejected = r.messages("chosen"), r.messages("rejected")
     n = 0
     while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
@@ -211,28 +166,30 @@ def _parse_messages(r: _Rec) -> PreferencePair:
         r.fail("chosen", "chosen and rejected share no leading prompt turns", "bad structure")
     c = _one_assistant(r, chosen[n:], "chosen", n)
     j = _one_assistant(r, rejected[n:], "rejected", n)
-    return r.pair(chosen[:n], c, j, "chosen")
+    return _pair(r, chosen[:n], c, j, "chosen")
 
 
-def _parse_trl(r: _Rec) -> PreferencePair:
+def _parse_trl(r: Record) -> PreferencePair:
+    if isinstance(r.d.get("prompt"), str):  # a plain-string record among conversational ones
+        return _parse_prompt(r)
     prompt = r.messages("prompt")
     c = _one_assistant(r, r.messages("chosen"), "chosen")
     j = _one_assistant(r, r.messages("rejected"), "rejected")
-    return r.pair(prompt, c, j, "prompt")
+    return _pair(r, prompt, c, j, "prompt")
 
 
-def _parse_sharegpt(r: _Rec) -> PreferencePair:
+def _parse_sharegpt(r: Record) -> PreferencePair:
     kw = dict(role_key="from", content_key="value", roles=SHAREGPT_ROLES)
     prompt = _system(r) + r.messages("conversations", **kw)
     c = r.message(r.get("chosen", dict), "chosen", **kw)
     j = r.message(r.get("rejected", dict), "rejected", **kw)
     for m, f in ((c, "chosen"), (j, "rejected")):
         if m["role"] != "assistant":
-            r.fail(f"{f}.from", f"expected 'gpt', got {r.d[f]['from']!r}", "bad structure")
-    return r.pair(prompt, c["content"], j["content"], "conversations")
+            r.fail(f"{f}.from", f"expected 'gpt' or 'function_call', got {r.d[f]['from']!r}", "bad structure")
+    return _pair(r, prompt, c, j, "conversations")
 
 
-def _parse_alpaca(r: _Rec) -> PreferencePair:
+def _parse_alpaca(r: Record) -> PreferencePair:
     instruction = r.get("instruction", str)
     inp = r.get("input", str, required=False, allow_empty=True)
     user = f"{instruction}\n{inp}" if inp and inp.strip() else instruction
@@ -243,10 +200,10 @@ def _parse_alpaca(r: _Rec) -> PreferencePair:
         history.append({"role": "user", "content": r.string(turn[0], f"history[{i}][0]")})
         history.append({"role": "assistant", "content": r.string(turn[1], f"history[{i}][1]")})
     prompt = _system(r) + history + [{"role": "user", "content": user}]
-    return r.pair(prompt, r.get("chosen", str), r.get("rejected", str), "instruction")
+    return _pair(r, prompt, r.get("chosen", str), r.get("rejected", str), "instruction")
 
 
-def _hh_turns(r: _Rec, transcript: str) -> list[dict]:
+def _hh_turns(r: Record, transcript: str) -> list[dict]:
     """"\n\nHuman: a\n\nAssistant: b\n\nHuman: c\n\nAssistant:" -> user / assistant messages (the open
     last Assistant turn is where the answer goes, not a message)."""
     text = transcript if transcript.startswith("\n\n") else "\n\n" + transcript.lstrip("\n")
@@ -264,7 +221,7 @@ def _hh_turns(r: _Rec, transcript: str) -> list[dict]:
     return turns
 
 
-def _parse_hh(r: _Rec) -> PreferencePair:
+def _parse_hh(r: Record) -> PreferencePair:
     chosen, rejected = r.get("chosen", str), r.get("rejected", str)
     prompts = []
     for field, text in (("chosen", chosen), ("rejected", rejected)):
@@ -279,10 +236,10 @@ def _parse_hh(r: _Rec) -> PreferencePair:
     for field, a in zip(("chosen", "rejected"), answers):
         if not a.strip():
             r.fail(field, f"the answer after the last {HH_ASSISTANT!r} is empty", "empty field")
-    return r.pair(_hh_turns(r, prompt), answers[0].strip(), answers[1].strip(), "chosen", (prompt, *answers))
+    return _pair(r, _hh_turns(r, prompt), answers[0].strip(), answers[1].strip(), "chosen", (prompt, *answers))
 
 
-def _parse_ultrafeedback(r: _Rec) -> PreferencePair:
+def _parse_ultrafeedback(r: Record) -> PreferencePair:
     prompt = r.get("prompt", str)
     pair = _parse_messages(r)
     if pair.prompt_messages[-1]["content"].strip() != prompt.strip():
@@ -291,19 +248,32 @@ def _parse_ultrafeedback(r: _Rec) -> PreferencePair:
     return pair
 
 
+def _parse_openai(r: Record) -> PreferencePair:
+    """OpenAI's preference fine-tuning records: {"input": {"messages": [...], "tools": [...]},
+    "preferred_output": [message], "non_preferred_output": [message]}."""
+    inp = r.get("input", dict)
+    r = Record({**r.d, "tools": inp.get("tools"), "input.messages": inp.get("messages")}, r.source, r.default_tools)
+    c = _one_assistant(r, r.messages("preferred_output"), "preferred_output")
+    j = _one_assistant(r, r.messages("non_preferred_output"), "non_preferred_output")
+    return _pair(r, r.messages("input.messages"), c, j, "input.messages")
+
+
 PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
-           "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback}
+           "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback, "openai": _parse_openai}
 
 
-def parse_record(record: RawRecord, data_format: str) -> PreferencePair:
-    """One raw record -> PreferencePair, or a DataError naming source and field."""
+def parse_record(record: RawRecord, data_format: str, tools: list | None = None) -> PreferencePair:
+    """One raw record -> PreferencePair, or a DataError naming source and field. tools: the file's tool
+    schemas, for records without their own "tools"."""
     if isinstance(record.value, DataError):
         raise record.value
-    return PARSERS[data_format](_Rec(record.value, record.source))
+    return PARSERS[data_format](Record(record.value, record.source, tools))
 
 
-def iter_pairs(path: str | os.PathLike, data_format: str = "auto") -> Iterator[tuple[RawRecord, str, PreferencePair | DataError]]:
-    """Yield (raw record, format, pair or DataError) for every record under `path`.
+def iter_pairs(path: str | os.PathLike, data_format: str = "auto",
+               tools: list | None = None) -> Iterator[tuple[RawRecord, str, PreferencePair | DataError]]:
+    """Yield (raw record, format, pair or DataError) for every record under `path`; `tools`: tool schemas
+    for the records that declare none (see `minidpo.data.files.read_tools`).
 
     Per-record problems are yielded as DataErrors (so the caller can skip or raise); problems with a
     whole file (missing, empty, invalid JSON array) are raised.
@@ -319,7 +289,7 @@ def iter_pairs(path: str | os.PathLike, data_format: str = "auto") -> Iterator[t
                     if isinstance(rec.value, DataError):
                         raise rec.value
                     file_fmt = detect_format(rec.value, rec.source)
-                yield rec, file_fmt, parse_record(rec, file_fmt)
+                yield rec, file_fmt, parse_record(rec, file_fmt, tools)
             except DataError as e:
                 yield rec, file_fmt or "unknown", e
         if n == 0:

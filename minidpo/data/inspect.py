@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 from minidpo.errors import DataError
 
-from .chat import PLAIN_ROLES
+from .boundary import plain_content, plain_prompt
+from .files import read_tools
 from .formats import iter_pairs
 from .tokenize import load_preference_data
 
@@ -56,9 +57,13 @@ def inspect_report(
     index: int = 0,
     color: bool = False,
     chat_template: str = "auto",
+    enable_thinking: bool | None = None,
+    answer_reasoning: str = "as_given",
+    tools: str | os.PathLike | None = None,
 ) -> tuple[str, int]:
     """(report, number of usable pairs). The report: format, template choice, counts (skipped /
-    truncated / dropped, by reason), length percentiles, one pair.
+    truncated / dropped, by reason), what was done at the prompt/answer boundary (per file), length
+    percentiles, one pair. enable_thinking, answer_reasoning, tools: as `load_preference_data` takes them.
 
     With a tokenizer, lengths are in tokens after truncation and the pair is shown decoded from its
     token ids, the prompt part (masked out of the loss) dimmed or [[in double brackets]]. Without one,
@@ -66,20 +71,26 @@ def inspect_report(
     """
     lines = [f"file:     {path}"]
     if tokenizer is None:
-        text_lines, n = _inspect_text_only(path, data_format, index, color, chat_template)
+        file_tools = read_tools(tools) if tools is not None else None
+        text_lines, n = _inspect_text_only(path, data_format, index, color, chat_template, file_tools)
         return "\n".join(lines + text_lines), n
     ds = load_preference_data(path, tokenizer, max_length=max_length, max_prompt_length=max_prompt_length,
                               data_format=data_format, on_bad_record="skip", max_bad_fraction=None,
-                              cache_dir=None, log=None, chat_template=chat_template)
+                              cache_dir=None, log=None, chat_template=chat_template, enable_thinking=enable_thinking,
+                              answer_reasoning=answer_reasoning, tools=tools)
     s = ds.stats
     lines += [f"format:   {s.format}", f"template: {s.template}"
               + (f"; {s.raw_pairs} pairs encoded raw" if s.raw_pairs and chat_template != "none" else ""),
               f"records:  {s.read} read, {s.kept} pairs kept",
-              f"limits:   max_length={max_length}, max_prompt_length={max_prompt_length}"]
+              f"limits:   max_length={max_length}, max_prompt_length={max_prompt_length}",
+              f"thinking: enable_thinking={'(template default)' if enable_thinking is None else enable_thinking}, "
+              f"answer_reasoning={answer_reasoning}"]
     lines += _counts("skipped (bad records)", s.skipped)
     lines += [f"truncated: {s.truncated} pairs ({s.prompt_truncated} prompts kept their end, "
               f"{s.response_truncated} with a response cut)"]
     lines += _counts("dropped", s.dropped)
+    if s.boundary:
+        lines += ["prompt/answer boundary (per file):"] + [f"  {what}: {n} pairs" for what, n in sorted(s.boundary.items())]
     lines += _examples(s.examples)
     lines += ["token lengths (after truncation):"]
     lines += _table({"prompt": [len(p.prompt_ids) for p in ds], "chosen": [len(p.chosen_ids) for p in ds],
@@ -91,7 +102,9 @@ def inspect_report(
         lines += ["", f"pair {i} ({ds.sources[i]}), as the model sees it; the prompt ({len(p.prompt_ids)} tokens) is "
                   + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + ": masked out of the loss; the rest is trained."]
         for name, ids in (("chosen", p.chosen_ids), ("rejected", p.rejected_ids)):
-            lines += [f"--- {name} ({len(ids)} trained tokens) ---", _mark(prompt, tokenizer.decode(ids), color)]
+            end = tokenizer.convert_ids_to_tokens(ids[-1]) if ids else "nothing"
+            lines += [f"--- {name} ({len(ids)} trained tokens, the last {end!r}) ---",
+                      _mark(prompt, tokenizer.decode(ids), color)]
     return "\n".join(lines), len(ds)
 
 
@@ -101,9 +114,10 @@ def _examples(examples: dict) -> list[str]:
     return ["first problem of each kind:"] + [f"  {msg}" for msg in examples.values()]
 
 
-def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_template: str) -> tuple[list[str], int]:
+def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_template: str,
+                       tools: list | None) -> tuple[list[str], int]:
     formats, skipped, examples, pairs = [], {}, {}, []
-    for _, fmt, item in iter_pairs(path, data_format):
+    for _, fmt, item in iter_pairs(path, data_format, tools):
         if fmt not in formats and fmt != "unknown":
             formats.append(fmt)
         if isinstance(item, DataError):
@@ -119,13 +133,14 @@ def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_tem
     lines += _counts("skipped (bad records)", skipped) + _examples(examples)
     lines += ["character lengths:"]
     lines += _table({"prompt": [sum(len(m["content"]) for m in p.prompt_messages) for p in pairs],
-                     "chosen": [len(p.chosen) for p in pairs], "rejected": [len(p.rejected) for p in pairs]}, "chars")
+                     "chosen": [len(plain_content(p.answers()[0])) for p in pairs],
+                     "rejected": [len(plain_content(p.answers()[1])) for p in pairs]}, "chars")
     if pairs:
         i = min(max(index, 0), len(pairs) - 1)
         p = pairs[i]
-        prompt = "".join(f"{PLAIN_ROLES[m['role']]}: {m['content']}\n\n" for m in p.prompt_messages) + "Assistant: "
+        prompt = plain_prompt(p.prompt_messages, p.tools)
         lines += ["", f"pair {i} ({p.source}) in the plain fallback template; the prompt is "
                   + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + " (masked out of the loss)."]
-        for name, text in (("chosen", p.chosen), ("rejected", p.rejected)):
-            lines += [f"--- {name} ---", _mark(prompt, text + "<EOS>", color)]
+        for name, answer in zip(("chosen", "rejected"), p.answers()):
+            lines += [f"--- {name} ---", _mark(prompt, plain_content(answer) + "<EOS>", color)]
     return lines, len(pairs)

@@ -11,6 +11,11 @@ How a pair becomes tokens:
                 which is also its EOS), so that every response ends with that token exactly once and the
                 template's trailing newline is not trained on. When the template appends no special token
                 after the answer, the EOS token is appended instead.
+- The template gets the record's tools and `enable_thinking`; answers may be tool calls (ending with
+  the token the template ends a tool-call turn with) and carry reasoning (`answer_reasoning`). Where the
+  template's conversation does not start with its generation prompt, `minidpo.data.boundary` decides
+  (reasoning dropped with thinking off, answer put after an empty think block, or the pair dropped) and
+  `stats.boundary` counts it per file.
 - A tokenizer without a chat template uses the plain fallback (PLAIN_TEMPLATE): each message as
   "System: ...\\n\\n", "User: ...\\n\\n", "Assistant: ...\\n\\n", the prompt ending with "Assistant: ",
   the BOS token first when the tokenizer has one distinct from EOS, and the answer followed by EOS.
@@ -43,12 +48,13 @@ from tqdm.auto import tqdm
 from minidpo import fsutil
 from minidpo.errors import DataError
 
+from .boundary import BOUNDARY
 from .chat import ChatEncoder, TokenizedPair
-from .files import data_files
+from .files import data_files, read_tools
 from .formats import PreferencePair, canonical_format, iter_pairs
 
 DEFAULT_CACHE_DIR = fsutil.cache_dir("data")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -97,6 +103,7 @@ class DataStats:
     from_cache: bool = False
     template: str = ""  # what rendered the prompts (ChatEncoder.describe)
     raw_pairs: int = 0  # pairs encoded raw (chat_template none, or prompts already templated)
+    boundary: dict = field(default_factory=dict)  # "file: what was done at the prompt/answer split" -> pairs
 
     @property
     def n_skipped(self) -> int:
@@ -120,7 +127,7 @@ class DataStats:
                   f"{self.response_truncated} with a response cut)")
         if self.dropped:
             s += f"; {self.n_dropped} dropped ({reasons(self.dropped)})"
-        return s
+        return s + "".join(f"; {what} [{n} pairs]" for what, n in sorted(self.boundary.items()))
 
 
 class PreferenceDataset(Sequence):
@@ -211,6 +218,9 @@ def load_preference_data(
     progress: bool | None = None,
     log: Callable[[str], None] | None = print,
     chat_template: str = "auto",
+    enable_thinking: bool | None = None,
+    answer_reasoning: str = "as_given",
+    tools: str | os.PathLike | None = None,
 ) -> PreferenceDataset:
     """Read, validate, tokenize and truncate a preference file (or a folder of .json/.jsonl files).
 
@@ -228,6 +238,9 @@ def load_preference_data(
         log: called with a one-line summary (counts of skipped / truncated / dropped); None is silent.
         chat_template: "auto" (the tokenizer's template; string prompts already templated are used raw)
             or "none" (raw prompt + answer + EOS for every pair, TRL's string data; see module docstring).
+        enable_thinking: passed to the chat template (None: its default).
+        answer_reasoning: "as_given", "strip" (from both answers) or "if_both" (kept where both have some).
+        tools: a JSON file of tool schemas for the records without their own "tools".
     Raises:
         DataError (a ValueError) naming file, line and field.
     """
@@ -239,8 +252,10 @@ def load_preference_data(
         raise ValueError(f"max_prompt_length must be in [1, max_length), got {max_prompt_length}")
     fmt = canonical_format(data_format)
     files = data_files(path)
+    file_tools = read_tools(tools) if tools is not None else None
     settings = dict(version=CACHE_VERSION, max_length=max_length, max_prompt_length=max_prompt_length,
-                    data_format=fmt, on_bad_record=on_bad_record, chat_template=chat_template)
+                    data_format=fmt, on_bad_record=on_bad_record, chat_template=chat_template,
+                    enable_thinking=enable_thinking, answer_reasoning=answer_reasoning, tools=file_tools)
     cache_file = None
     if cache_dir is not None:
         cache_file = os.path.join(os.fspath(cache_dir), _cache_key(files, tokenizer, settings) + ".npz")
@@ -262,7 +277,7 @@ def load_preference_data(
 
     good: list[PreferencePair] = []
     formats = []
-    for rec, rec_fmt, item in iter_pairs(path, fmt):
+    for rec, rec_fmt, item in iter_pairs(path, fmt, file_tools):
         stats.read += 1
         if rec_fmt not in formats and rec_fmt != "unknown":
             formats.append(rec_fmt)
@@ -272,7 +287,7 @@ def load_preference_data(
         good.append(item)
     stats.format = "+".join(formats) or "unknown"
 
-    enc = ChatEncoder(tokenizer, chat_template)
+    enc = ChatEncoder(tokenizer, chat_template, enable_thinking=enable_thinking, answer_reasoning=answer_reasoning)
     stats.template = enc.describe()
     show = progress if progress is not None else len(good) >= 2000
     pairs, sources = [], []
@@ -283,6 +298,10 @@ def load_preference_data(
     for start in range(0, len(good), chunk):
         batch = good[start:start + chunk]
         for p, tp in zip(batch, enc.encode_pairs(batch)):
+            if isinstance(tp, DataError) and tp.reason == BOUNDARY:  # reported per file (enc.notes)
+                stats.dropped[BOUNDARY] = stats.dropped.get(BOUNDARY, 0) + 1
+                stats.examples.setdefault(BOUNDARY, str(tp))
+                continue
             if isinstance(tp, DataError):
                 skip(tp)
                 continue
@@ -303,6 +322,7 @@ def load_preference_data(
         bar.close()
     stats.kept = len(pairs)
     stats.raw_pairs = enc.raw_pairs
+    stats.boundary = dict(enc.notes)
     ds = PreferenceDataset(pairs, stats, sources)
     _check_bad_fraction(stats, max_bad_fraction, path)
     if cache_file is not None:

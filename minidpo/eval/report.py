@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from minidpo.data.display import answer_markdown
+from minidpo.health import health_markdown
+
+
 def _fmt(x, pct: bool = True) -> str:
     if x is None:
         return "n/a"
@@ -26,7 +30,7 @@ def render_markdown(result: dict) -> str:
         f"(from {s.get('beta_source', '--beta')})",
         f"- sampling: temperature {s['temperature']}, top-p {s['top_p']}, top-k {s['top_k']}, "
         f"repetition penalty {s['repetition_penalty']}, max {s['max_new_tokens']} new tokens, seed {s['seed']}",
-        "", "## Preference accuracy (held-out pairs, no sampling)", "",
+        "", *health_lines(s["dpo_dir"]), "## Preference accuracy (held-out pairs, no sampling)", "",
         "| | all |" + "".join(f" {a} |" for a in result["preference_by_axis"]),
         "|---|---|" + "---|" * len(result["preference_by_axis"]),
     ]
@@ -72,10 +76,17 @@ def render_markdown(result: dict) -> str:
         for e in ex:
             mark = lambda ok: "" if ok is None else ("✓ " if ok else "✗ ")  # noqa: E731
             lines.append(f"| {e['axis']} | {e['lang']} | {_cell_text(e['prompt'])} | "
-                         f"{mark(e['sft_ok'])}{_cell_text(e['sft'])} | {mark(e['dpo_ok'])}{_cell_text(e['dpo'])} |")
+                         f"{mark(e['sft_ok'])}{answer_markdown(e['sft'], table_cell=True, limit=400)} | "
+                         f"{mark(e['dpo_ok'])}{answer_markdown(e['dpo'], table_cell=True, limit=400)} |")
         lines.append("")
     lines.append(f"_Evaluation took {result['seconds']:.0f} s._")
     return "\n".join(lines) + "\n"
+
+
+def health_lines(dpo_dir) -> list[str]:
+    """The DPO run's health warnings (its summary.json), when the DPO model is a minidpo run or its export."""
+    section = health_markdown(dpo_dir)
+    return [*section.splitlines(), ""] if section else []
 
 
 def scalars(result: dict) -> dict[str, float]:

@@ -33,6 +33,10 @@ f_divergence_type picks f for sigmoid and sigmoid_norm (f-DPO, Wang et al. 2023;
 less constants): reverse_kl f(r) = r (DPO), forward_kl -e^(-r), js_divergence log s(r), alpha_divergence
 -e^(-alpha r) / alpha with alpha = f_alpha_divergence_coef in (0, 1).
 
+`pair_weights` (WPO's, computed from the policy's logits by `minidpo.logprobs`) multiply every term of
+each pair; LD-DPO's `ld_alpha` acts on the log-probs themselves (`minidpo.logprobs.answer_logps`), so
+here it is only validated (`check_loss_settings`).
+
 A mix is a list of terms with weights, as TRL's list form (`loss_type=["sigmoid", "sft"]`,
 `loss_weights=[1.0, 0.5]`): the losses are the weighted sum of the terms. `rpo_alpha` > 0 is the
 shorthand for an `sft` term of weight alpha (RPO, Pang et al. 2024): it holds the chosen answer's

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from minidpo.losses.bco import RunningRewardMean
-from minidpo.losses.settings import F_ALPHA_DEFAULT, NEEDS_LENGTHS, REFERENCE_FREE, frozen, loss_terms
+from minidpo.losses.settings import F_ALPHA_DEFAULT, NEEDS_LENGTHS, REFERENCE_FREE, UNPAIRED, frozen, loss_terms
 from minidpo.losses.terms import TERMS, Pairs, reference_free_rewards
 
 
@@ -29,6 +29,7 @@ def preference_loss(
     f_divergence_type: str = "reverse_kl",
     f_alpha_divergence_coef: float = F_ALPHA_DEFAULT,
     bco_delta: RunningRewardMean | torch.Tensor | float | None = None,
+    pair_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair preference loss and rewards.
 
@@ -49,6 +50,8 @@ def preference_loss(
             sigmoid_norm; f_alpha_divergence_coef: the alpha of alpha_divergence, in (0, 1).
         bco_delta: bco_pair's reward shift (only with bco_pair, which needs it): a RunningRewardMean held
             across steps (updated here with this micro-batch's rewards, then used), or a fixed number.
+        pair_weights: shape (B,), WPO's weight of each pair (`minidpo.logprobs`, weights=True): every term
+            of pair i is multiplied by it, as TRL's use_weighting does; used detached (a constant of the step).
 
     Returns:
         (losses, chosen_rewards, rejected_rewards), each of shape (B,), computed in float32;
@@ -74,6 +77,8 @@ def preference_loss(
         raise ValueError("loss_type 'bco_pair' needs bco_delta: a RunningRewardMean held across steps, or a number")
     if "bco_pair" not in names and bco_delta is not None:
         raise ValueError(f"bco_delta only applies to loss_type bco_pair, not {','.join(names)}")
+    if pair_weights is not None and any(n in UNPAIRED for n in names):
+        raise ValueError(f"pair_weights do not apply to loss_type {','.join(names)}: its terms are sorted quantiles")
 
     chosen, rejected = policy_chosen_logps.float(), policy_rejected_logps.float()
     ref_chosen = ref_chosen_logps.float() if with_reference else None
@@ -94,4 +99,6 @@ def preference_loss(
     elif bco_delta is not None:
         x.bco_delta = torch.as_tensor(bco_delta, dtype=torch.float32, device=chosen.device).detach()
     losses = sum(weight * TERMS[name](x) for name, weight in terms)
+    if pair_weights is not None:  # WPO (Zhou et al. 2024): the weights carry no gradient
+        losses = losses * pair_weights.detach().to(losses.device, torch.float32)
     return losses, chosen_rewards, rejected_rewards

@@ -22,6 +22,9 @@ NEEDS_LENGTHS = {"ipo": ("chosen", "rejected"), "sigmoid_norm": ("chosen", "reje
 F_DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm")  # f-DPO is the Bradley-Terry (sigmoid) loss on f'(ratio)
 F_ALPHA_DEFAULT = 0.5
+# LD-DPO reweights summed log-probs: not the losses on per-token means, nor the NLL term (its mean needs the plain sum)
+LD_LOSSES = tuple(n for n in LOSS_TYPES if n not in REFERENCE_FREE and n not in NEEDS_LENGTHS)
+UNPAIRED = ("aot", "aot_unpaired")  # their losses[i] is a quantile's term, not pair i's: no per-pair weight fits
 
 
 def loss_names(loss_type: str | Sequence[str]) -> list[str]:
@@ -61,11 +64,32 @@ def frozen(value):
 def check_loss_settings(loss_type: str | Sequence[str], beta: float, label_smoothing: float = 0.0,
                         rpo_alpha: float = 0.0, *, loss_weights=None, simpo_gamma: float = 0.5,
                         discopop_tau: float = 0.05, f_divergence_type: str = "reverse_kl",
-                        f_alpha_divergence_coef: float = F_ALPHA_DEFAULT) -> list[tuple[str, float]]:
+                        f_alpha_divergence_coef: float = F_ALPHA_DEFAULT, ld_alpha: float | None = None,
+                        use_weighting: bool = False, logps_reduction: str = "sum") -> list[tuple[str, float]]:
     """Raise a ValueError naming the bad setting; cheap, so configs can call it before any heavy work.
-    Returns the objective's terms as (name, weight), rpo_alpha's `sft` term included."""
-    return list(loss_terms(frozen(loss_type), beta, label_smoothing, rpo_alpha, frozen(loss_weights), simpo_gamma,
-                           discopop_tau, f_divergence_type, f_alpha_divergence_coef))
+    Returns the objective's terms as (name, weight), rpo_alpha's `sft` term included. ld_alpha (LD-DPO) and
+    use_weighting (WPO) act on the log-probs (minidpo.logprobs), so only this check reads them."""
+    terms = list(loss_terms(frozen(loss_type), beta, label_smoothing, rpo_alpha, frozen(loss_weights), simpo_gamma,
+                            discopop_tau, f_divergence_type, f_alpha_divergence_coef))
+    _check_ld_and_weighting([name for name, _ in terms], ld_alpha, use_weighting, logps_reduction, rpo_alpha)
+    return terms
+
+
+def _check_ld_and_weighting(names: list[str], ld_alpha, use_weighting: bool, reduction: str, rpo_alpha) -> None:
+    if ld_alpha is not None:
+        if not (isinstance(ld_alpha, (int, float)) and 0.0 <= ld_alpha <= 1.0):
+            raise ValueError(f"ld_alpha must be in [0, 1] (1: plain DPO), got {ld_alpha}")
+        if reduction != "sum":
+            raise ValueError(f"ld_alpha needs logps_reduction sum, not {reduction} (per-token means have no length "
+                             "to desensitise)")
+        for name in names:
+            if name not in LD_LOSSES:
+                what = "'sft' (rpo_alpha)" if name == "sft" and rpo_alpha else repr(name)
+                raise ValueError(f"ld_alpha only applies to loss_type {', '.join(LD_LOSSES)}, not {what}")
+    for name in names:
+        if use_weighting and name in UNPAIRED:
+            raise ValueError(f"use_weighting does not apply to loss_type {name!r}: its terms are sorted quantiles, "
+                             "not pairs")
 
 
 @functools.lru_cache(maxsize=64)
