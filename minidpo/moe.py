@@ -1,4 +1,4 @@
-"""MiniMind's router aux loss for mixture-of-experts DPO (the seed's `use_moe`).
+"""MiniMind's router aux loss for mixture-of-experts DPO (MiniMind's `use_moe`).
 
 MiniMind adds, in every MoE layer l, the Switch-Transformer balance loss
 

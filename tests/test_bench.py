@@ -1,5 +1,5 @@
 """The bench: its workload and FLOP count by hand, its numerics check, and a real run of all four
-trainers (minidpo, minidpo with LoRA, TRL, the seed-style loop) at tiny settings. Speeds are the bench's business, not
+trainers (minidpo, minidpo with LoRA, TRL, the MiniMind-style loop) at tiny settings. Speeds are the bench's business, not
 the tests': here only that it runs, counts right and that the three trainers agree."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_bench_runs_all_three_trainers_and_they_agree(tmp_path):
     assert (simpo["loss_type"], simpo["beta"], simpo["precompute_ref"]) == ("simpo", 2.0, False)
     for row in r.values():
         assert row["pairs"] == 16 and row["pairs_per_s"] > 0 and 0 < row["mfu"] < 2 and row["peak_rss_gb"] > 0.1
-    # padding: the seed-style loop pads every pair to max_length, TRL to the batch's longest, minidpo packs
+    # padding: the MiniMind-style loop pads every pair to max_length, TRL to the batch's longest, minidpo packs
     assert r["naive"]["computed_positions"] == 16 * 2 * 512
     assert r["naive"]["padding_fraction"] > r["trl"]["padding_fraction"] > r["minidpo"]["padding_fraction"]
     assert r["trl"]["pairs_per_s_vs_trl"] == 1.0

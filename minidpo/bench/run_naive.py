@@ -1,4 +1,4 @@
-"""A seed-style DPO loop (like MiniMind's train_dpo.py): every pair padded to max_length, the reference
+"""A MiniMind-style DPO loop (like MiniMind's train_dpo.py): every pair padded to max_length, the reference
 forward on every step, a full-vocabulary log_softmax, autocast over fp32 weights, torch AdamW."""
 
 from __future__ import annotations

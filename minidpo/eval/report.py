@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from minidpo.data.display import answer_markdown
+from minidpo.fsutil import write_text_atomic
 from minidpo.health import health_markdown
 
 
@@ -111,8 +112,8 @@ def write_reports(result: dict, out_dir, *, tensorboard: bool = True, step: int 
     """eval.json, eval.md and (tensorboard=True) the scalars as TensorBoard events, all in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    (out / "eval.md").write_text(render_markdown(result), encoding="utf-8")
+    write_text_atomic(out / "eval.json", json.dumps(result, ensure_ascii=False, indent=2) + "\n")
+    write_text_atomic(out / "eval.md", render_markdown(result))
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 

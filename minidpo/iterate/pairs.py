@@ -103,8 +103,8 @@ def _vote_meta(v) -> dict:
 
 
 def pair_record(p: Pair) -> dict:
-    """The seed's format ({"prompt", "chosen", "rejected", "system"}), or TRL's conversational one
-    for a prompt with earlier turns, which the seed's format cannot hold."""
+    """The plain format ({"prompt", "chosen", "rejected", "system"}), or TRL's conversational one
+    for a prompt with earlier turns, which the plain format cannot hold."""
     msgs = p.prompt_messages
     system = [m["content"] for m in msgs if m["role"] == "system"]
     rest = [m for m in msgs if m["role"] != "system"]
