@@ -32,7 +32,10 @@ PAIR_MEANS = {
 # for the health checks (minidpo.health), over the pairs with a reference: the chosen answers' per-token
 # log-ratio (signed, absolute), and the pairs ranked right when each answer's log-ratio is taken per token
 HEALTH_KEYS = ["ref_pairs", "chosen_logratio_tok", "chosen_drift_tok", "correct_tok"]
-_KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values(), *HEALTH_KEYS]
+# KTO (unpaired examples): the desirable and undesirable examples, and the KL reference point summed per micro-step
+KTO_KEYS = ["desirable", "undesirable", "kl"]
+_KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values(),
+         *HEALTH_KEYS, *KTO_KEYS]
 
 
 def peak_memory_gb() -> float:
@@ -78,11 +81,14 @@ class MetricTracker:
         self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
 
     def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss,
-                       positions: int = 0, real_positions: int = 0, logratios=None, lengths=None):
+                       positions: int = 0, real_positions: int = 0, logratios=None, lengths=None, kto=None):
         """Record one micro-batch (tensors of shape (B,) on any device). `tokens`: the pairs' prompt+answer
         tokens (prompt counted per answer); `positions` / `real_positions`: what the forward computed,
         with and without padding. For the health checks: `logratios`, the (chosen, rejected) log pi - log ref
-        (None without a reference), and `lengths`, what makes them per token (ones for per-token means)."""
+        (None without a reference), and `lengths`, what makes them per token (ones for per-token means).
+        KTO: `kto` = (labels (B,) bool, the KL reference point); the rewards and log-probs are then each
+        example's, chosen_* the desirable ones' (0 elsewhere) and rejected_* the undesirable ones', so
+        rewards/accuracies is the share of examples whose reward has their label's sign."""
         on_device = {
             "loss": losses.detach().sum(),
             "chosen_reward": chosen_rewards.sum(),
@@ -96,6 +102,10 @@ class MetricTracker:
             chosen, rejected = (r.detach().double() / n for r, n in zip(logratios, lengths))
             on_device.update(chosen_logratio_tok=chosen.sum(), chosen_drift_tok=chosen.abs().sum(),
                              correct_tok=(chosen > rejected).sum())
+        if kto is not None:
+            labels, kl = kto
+            on_device.update(desirable=labels.sum(), undesirable=(~labels).sum(),
+                             kl=torch.as_tensor(kl, device=labels.device))
         values = dict(zip(on_device, torch.stack([v.double() for v in on_device.values()]).tolist()))  # one copy
         values.update({
             "pairs": losses.numel(),
@@ -147,6 +157,12 @@ class MetricTracker:
             self.totals[key] += s[key]
         pairs = max(s["pairs"], 1.0)
         row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()} if s["pairs"] else {}
+        if s["desirable"] + s["undesirable"]:  # KTO: the means over each label's examples
+            for side, count in (("chosen", "desirable"), ("rejected", "undesirable")):
+                n = max(s[count], 1.0)
+                row.update({f"rewards/{side}": s[f"{side}_reward"] / n, f"logps/{side}": s[f"{side}_logps"] / n})
+            row["kl"] = s["kl"] / max(s["micro_steps"], 1.0)
+            row["kto/desirable_share"] = s["desirable"] / (s["desirable"] + s["undesirable"])
         row["learning_rate"] = self.lr
         if s["pairs"]:  # else every step of the interval was skipped (non-finite): nothing was measured
             row.update({

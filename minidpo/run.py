@@ -18,12 +18,13 @@ import torch.distributed as dist
 from minidpo import checkpoint, lora
 from minidpo.config import LoraSettings, parse_config, validate
 from minidpo.data import Batching, collate_packed, collate_pairs, load_preference_data
-from minidpo.data.collate import padded_length
+from minidpo.data.collate import kto_pairs, padded_length
 from minidpo.distributed import peer_failure_message, setup_distributed, teardown
 from minidpo.ds_config import resolve_ds_config
 from minidpo.engine import device, on_cpu
 from minidpo.errors import ConfigError, run_cli, set_offline_environment
 from minidpo.fsutil import write_text_atomic
+from minidpo.losses import loss_names
 from minidpo.models import load_tokenizer
 from minidpo.sources import hf_folder
 
@@ -93,7 +94,15 @@ class Run:
         return self.batching.epoch_micro_batches(self.lengths(self.packed), self.lengths(True), epoch,
                                                  self.rank if rank is None else rank, self.world_size)
 
+    @property
+    def kto(self) -> bool:
+        """Unpaired examples (loss_type kto): each batch also scores its mismatched prompt-completion pairs."""
+        loss_type = getattr(self.cfg, "loss_type", None)  # SFT runs have none
+        return loss_type is not None and "kto" in loss_names(loss_type)
+
     def collate(self, pairs):
+        if self.kto:
+            pairs = kto_pairs(pairs, self.cfg.max_length)
         return (collate_packed if self.packed else collate_pairs)(pairs, self.tokenizer.pad_token_id)
 
     def micro_batches(self, start_step: int):

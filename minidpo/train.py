@@ -17,10 +17,19 @@ from minidpo.config import RunConfig, report_to_names
 from minidpo.ds_config import reference_ds_config
 from minidpo.data.collate import real_tokens
 from minidpo.engine import build_policy_engine, build_reference_engine, device
+from minidpo.errors import ConfigError
 from minidpo.fault_injection import inject, poison_loss
 from minidpo.health import HealthMonitor, data_red_flags
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
-from minidpo.losses import RunningRewardMean, loss_names, needs_reference, preference_loss
+from minidpo.losses import (
+    RunningRewardMean,
+    batch_kl,
+    kto_kl_value,
+    kto_loss,
+    loss_names,
+    needs_reference,
+    preference_loss,
+)
 from minidpo.metrics import MetricTracker
 from minidpo.models import load_causal_lm
 from minidpo.moe import RouterLoss, sums_over_layers
@@ -74,17 +83,45 @@ def loss_settings(cfg: RunConfig) -> dict:
                 f_divergence_type=cfg.f_divergence_type, f_alpha_divergence_coef=cfg.f_alpha_divergence_coef)
 
 
+def mean_over_ranks(world_size: int):
+    """x -> its mean over the ranks (a collective), or None on one rank."""
+    if world_size == 1:
+        return None
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x / world_size
+    return mean
+
+
 def bco_running_mean(cfg: RunConfig, world_size: int) -> RunningRewardMean | None:
     """bco_pair's delta: the running mean reward, the same on every rank (one all-reduce a micro-step)."""
     if "bco_pair" not in loss_names(cfg.loss_type):
         return None
-    if world_size == 1:
-        return RunningRewardMean()
+    return RunningRewardMean(reduce=mean_over_ranks(world_size))
 
-    def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-        return x / world_size
-    return RunningRewardMean(reduce=mean_over_ranks)
+
+def check_data_kind(cfg: RunConfig, dataset) -> None:
+    """Pairs for the pairwise losses, unpaired examples for kto: the first record of the other kind fails."""
+    kto = "kto" in loss_names(cfg.loss_type)
+    for source, label in zip(dataset.sources, dataset.labels):
+        if kto and label is None:
+            raise ConfigError(f"{source}: a preference pair, but loss_type kto trains on unpaired examples only "
+                              "(pairs and unpaired examples in one run are not supported)")
+        if not kto and label is not None:
+            raise ConfigError(f"{source}: an unpaired example (prompt/completion/label): only loss_type kto "
+                              "trains on those")
+
+
+def kto_micro_step(cfg: RunConfig, labels: list[bool], logps, ref_logps, reduce):
+    """KTO's (losses, rewards, labels tensor, KL reference point) of a micro-batch from `kto_pairs` rows:
+    logps, ref_logps = (matched, mismatched) log-probs of the policy and of the reference."""
+    labels = torch.tensor(labels, dtype=torch.bool, device=logps[0].device)
+    fixed = kto_kl_value(cfg.kto_kl)
+    kl = batch_kl(logps[1], ref_logps[1], reduce) if fixed is None else torch.tensor(fixed, device=labels.device)
+    losses, rewards = kto_loss(logps[0], ref_logps[0], labels, kl, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
+                               undesirable_weight=cfg.undesirable_weight)
+    return losses, rewards, labels, kl
 
 
 def train(cfg: RunConfig) -> dict:
@@ -94,6 +131,7 @@ def train(cfg: RunConfig) -> dict:
 
 def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     run = prepare_run(cfg)
+    check_data_kind(cfg, run.dataset)
     data_flags = data_red_flags(run.dataset, run.tokenizer, cfg) if cfg.health and run.rank == 0 else []
     for flag in data_flags:
         run.log(f"minidpo: data red flag: {flag}")
@@ -139,6 +177,7 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     if bco is not None:
         bco.load_state_dict(rank_state.get("bco"))
     guard = NonFiniteGuard(policy, cfg.max_skipped_steps)
+    kl_reduce = mean_over_ranks(run.world_size)  # KTO's batch KL: one all-reduce a micro-step
     saved = checkpoint.latest_path(cfg.output_dir)
 
     def save(step: int, export: bool) -> str:
@@ -162,9 +201,17 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
             aux_loss = router.loss(batch)
         chosen_lengths, rejected_lengths = response_lengths([run.dataset[i] for i in indices], cfg.logps_reduction,
                                                             chosen.device)
-        losses, chosen_rewards, rejected_rewards = preference_loss(
-            chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
-            rejected_lengths=rejected_lengths, bco_delta=bco, pair_weights=pair_weights, **loss_settings(cfg))
+        kto = None
+        if run.kto:  # chosen: each example's completion, rejected: the mismatched pairs (minidpo.data.kto_pairs)
+            losses, rewards, labels, kl = kto_micro_step(cfg, [run.dataset.labels[i] for i in indices],
+                                                         (chosen, rejected), (ref_chosen, ref_rejected), kl_reduce)
+            kto = (labels, kl)
+            chosen_rewards, rejected_rewards = rewards * labels, rewards * ~labels
+            chosen, rejected = (chosen * labels).detach(), (chosen * ~labels).detach()
+        else:
+            losses, chosen_rewards, rejected_rewards = preference_loss(
+                chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
+                rejected_lengths=rejected_lengths, bco_delta=bco, pair_weights=pair_weights, **loss_settings(cfg))
         loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
@@ -175,8 +222,8 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
         tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
                                tokens=pair_tokens(run.dataset[i] for i in indices),
                                positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
-                               aux_loss=0.0 if aux_loss is None else aux_loss.item(),
-                               lengths=(chosen_lengths, rejected_lengths), logratios=None if ref_chosen is None
+                               aux_loss=0.0 if aux_loss is None else aux_loss.item(), kto=kto,
+                               lengths=(chosen_lengths, rejected_lengths), logratios=None if ref_chosen is None or kto
                                else (chosen - ref_chosen, rejected - ref_rejected))
         if (micro + 1) % cfg.grad_accum:
             continue

@@ -79,7 +79,7 @@ def test_validate_names_the_culprit(tmp_path, tiny_model_dir):
     cases = [
         (dict(model=str(tmp_path / "nope")), "--model .*nope: not a folder"),
         (dict(ref_model=str(tmp_path)), "--ref_model .*: no config.json"),
-        (dict(loss_type="kto"), "unknown loss_type 'kto'"),
+        (dict(loss_type="kpo"), "unknown loss_type 'kpo'"),
         (dict(data=str(tmp_path / "missing.jsonl")), "--data .*missing.jsonl: no such file"),
         (dict(dtype="fp8"), "--dtype fp8"),
     ]

@@ -77,7 +77,7 @@ def test_rpo_adds_the_chosen_per_token_nll():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(rpo_alpha=-1.0), "rpo_alpha must be >= 0"),
     (dict(rpo_alpha=1.0), "rpo_alpha > 0 needs chosen_lengths"),
-    (dict(loss_type="kto"), "unknown loss_type 'kto'"),
+    (dict(loss_type="kpo"), "unknown loss_type 'kpo'"),
     (dict(beta=0.0), "beta must be > 0"),
     (dict(label_smoothing=0.5), "label_smoothing must be in [0, 0.5)"),
     (dict(loss_type="ipo", label_smoothing=0.1),

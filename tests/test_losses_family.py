@@ -251,7 +251,7 @@ def _escape(text):
     (dict(loss_type="sigmoid,sft", loss_weights=[1, -1]), "weights must be finite and >= 0"),
     (dict(loss_type="sft"), "'sft' is only the NLL term of a mix"),
     (dict(loss_type="sigmoid,sigmoid"), "names a loss twice"),
-    (dict(loss_type="sigmoid,kto"), "unknown loss_type 'kto'"),
+    (dict(loss_type="sigmoid,kpo"), "unknown loss_type 'kpo'"),
     (dict(loss_type=""), "names no loss"),
     (dict(loss_type="sigmoid,sft", rpo_alpha=1.0), "rpo_alpha is the shorthand for an 'sft' term"),
     (dict(loss_type="simpo", simpo_gamma=-1.0), "simpo_gamma must be >= 0"),

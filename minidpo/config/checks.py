@@ -17,7 +17,7 @@ from minidpo.config.sections import (
     RunConfig,
 )
 from minidpo.errors import ConfigError
-from minidpo.losses import check_loss_settings, loss_names, needs_reference
+from minidpo.losses import check_kto_settings, check_loss_settings, loss_names, needs_reference
 
 def _check_model_path(name: str, path: str, tokenizer: str | None) -> None:
     if path.endswith(".gguf"):  # converted to a Hugging Face folder once, by minidpo.sources
@@ -88,6 +88,7 @@ def _check_loss(cfg) -> None:
                             use_weighting=cfg.use_weighting, logps_reduction=cfg.logps_reduction)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    _check_kto(cfg)
     if isinstance(cfg, ReferenceSettings):
         _check_reference_sync(cfg)
     if not needs_reference(cfg.loss_type):  # nothing would read a reference model
@@ -95,6 +96,25 @@ def _check_loss(cfg) -> None:
             if getattr(cfg, name):
                 raise ConfigError(f"--{name} does not apply: loss_type {','.join(loss_names(cfg.loss_type))} is "
                                   "reference-free (no reference model is loaded)")
+
+
+def _check_kto(cfg) -> None:
+    """KTO's settings apply to it alone; the paths it does not support fail here, not with wrong numbers."""
+    if "kto" not in loss_names(cfg.loss_type):
+        for name in ("desirable_weight", "undesirable_weight", "kto_kl"):
+            if getattr(cfg, name) != getattr(LossSettings, name):
+                raise ConfigError(f"--{name} only applies to loss_type kto")
+        return
+    try:
+        check_kto_settings(cfg.desirable_weight, cfg.undesirable_weight, cfg.kto_kl)
+    except ValueError as e:
+        raise ConfigError(f"--{e}") from e
+    unsupported = (("precompute_ref", "the reference is scored per batch, with its mismatched pairs"),
+                   ("max_tokens_per_batch", "batches are batch_size examples"),
+                   ("sync_ref_model", "TR-DPO is not implemented for it"))
+    for name, why in unsupported:
+        if getattr(cfg, name, None):
+            raise ConfigError(f"--{name} is not supported with loss_type kto ({why})")
 
 
 def _check_reference_sync(cfg) -> None:

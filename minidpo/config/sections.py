@@ -63,7 +63,8 @@ class LossSettings:
     beta: float = 0.1
     loss_type: str | list[str] = setting("sigmoid", "sigmoid (DPO) | hinge | ipo | robust | exo_pair | nca_pair | "
                                          "sppo_hard | apo_zero | apo_down | discopop | bco_pair | sigmoid_norm | aot | "
-                                         "aot_unpaired | simpo | cpo | orpo, or a mix: sigmoid,sft (docs/losses.md)")
+                                         "aot_unpaired | simpo | cpo | orpo | kto (unpaired data), or a mix: "
+                                         "sigmoid,sft (docs/losses.md)")
     label_smoothing: float = setting(0.0, "label-noise rate of sigmoid (cDPO), robust, exo_pair, aot, aot_unpaired")
     rpo_alpha: float = setting(0.0, "weight of the chosen answers' per-token NLL (RPO); 0: plain DPO")
     logps_reduction: str = setting("sum", "sum (DPO) | mean (MiniMind's length-normalised)")
@@ -78,6 +79,9 @@ class LossSettings:
                                      "one's length (policy side; 1: DPO; unset: off)")
     use_weighting: bool = setting(False, "WPO: weight each pair by the policy's length-normalised probability of its "
                                   "two answers (docs/losses.md)")
+    desirable_weight: float = setting(1.0, "KTO: weight of the desirable examples' losses")
+    undesirable_weight: float = setting(1.0, "KTO: weight of the undesirable examples' losses")
+    kto_kl: str = setting("batch", "KTO's KL reference point: batch (estimated from mismatched pairs) or a number")
     aux_loss_coef: float | None = setting(None, "weight of a MoE model's aux loss (default: the model config's)")
 
 

@@ -150,7 +150,8 @@ class ChatEncoder(Renderer):
                 if not m["content"].strip() and not m.get("tool_calls"):
                     raise DataError(f"{pair.source}: field \"{name}\": nothing left once its reasoning is stripped "
                                     f"(answer_reasoning {self.answer_reasoning})", "empty without reasoning")
-            if (c["content"].strip(), c.get("tool_calls")) == (j["content"].strip(), j.get("tool_calls")):
+            same = (c["content"].strip(), c.get("tool_calls")) == (j["content"].strip(), j.get("tool_calls"))
+            if same and pair.label is None:  # an unpaired example's two answers are its one completion
                 raise DataError(f"{pair.source}: field \"rejected\": identical to chosen once their reasoning is "
                                 f"stripped (answer_reasoning {self.answer_reasoning})", "identical without reasoning")
         if self.template and any(m.get("reasoning_content") for m in (c, j)) and not self.renders_reasoning:
@@ -235,7 +236,7 @@ class ChatEncoder(Renderer):
             check_tools_rendered(p.source, name, text, [answer], None)
             texts.append(text)
             done.add(how)
-        if texts[0] == texts[1]:
+        if texts[0] == texts[1] and p.label is None:  # an unpaired example's are its one completion
             raise DataError(f'{p.source}: field "rejected": rendered identical to chosen (their difference is '
                             "what the template leaves out)", "identical once rendered")
         for how in done - {""}:

@@ -38,6 +38,15 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_mult
     return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
 
 
+def kto_pairs(examples: Sequence[TokenizedPair], max_length: int) -> list[TokenizedPair]:
+    """Unpaired examples (their completion as chosen_ids) -> rows for collate_pairs / collate_packed:
+    example i's prompt with its own completion as "chosen" and, as "rejected", the previous example's
+    completion (i - 1 mod B; TRL's KTO offset: completion i is scored after prompt i + 1), cut to the room
+    max_length leaves: the mismatched pairs KTO's KL reference point is estimated from."""
+    return [TokenizedPair(e.prompt_ids, e.chosen_ids, examples[i - 1].chosen_ids[:max_length - len(e.prompt_ids)])
+            for i, e in enumerate(examples)]
+
+
 # Segment ids of a packed row (see collate_packed).
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
 

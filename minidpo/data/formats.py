@@ -24,6 +24,10 @@ Formats (`data_format=`; "auto" detects it from the first record of each file):
              transcripts as strings; the prompt is the shared transcript up to and including its last
              "\n\nAssistant:" (not their longest common prefix, which can eat the start of two answers that
              begin alike), parsed into user / assistant turns.
+- "unpaired" (TRL's unpaired preference form, for loss_type kto) {"prompt": str | [messages], "completion": str |
+             [one assistant message], "label": true | false, optional "system": str}: one answer, desirable (true)
+             or not. Its PreferencePair has the completion as chosen and as rejected, and `label` set. A file
+             mixing pairs and unpaired records is refused, naming the first record of the other kind.
 - "ultrafeedback" (UltraFeedback-binarized) {"prompt": str, "chosen": [messages], "rejected": [messages]}: the
              message lists repeat the user turn (which must be `prompt`); extra columns are ignored.
 
@@ -47,10 +51,10 @@ from .messages import Record, answer_key
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
-FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai")
+FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai", "unpaired")
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
                   "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
-                  "ultrafeedback_binarized": "ultrafeedback"}
+                  "ultrafeedback_binarized": "ultrafeedback", "kto": "unpaired"}
 HH_HUMAN, HH_ASSISTANT = "\n\nHuman:", "\n\nAssistant:"
 
 
@@ -61,6 +65,8 @@ class PreferencePair:
     chosen / rejected: the answers' text (their content); chosen_message / rejected_message: the answers
     as assistant messages, with their tool calls and reasoning (minidpo.data.messages), which is what is
     rendered. tools: the tool schemas the template gets (the record's, else the file's), or None.
+    label: None for a pair; for an unpaired example (chosen == rejected == its completion), True when
+    the completion is desirable.
     raw: for string data (the prompt format without a system turn, HH transcripts), the (prompt, chosen,
     rejected) strings exactly as the record gives them: what chat_template="none" trains on."""
 
@@ -72,6 +78,7 @@ class PreferencePair:
     tools: list[dict] | None = None
     chosen_message: dict | None = None
     rejected_message: dict | None = None
+    label: bool | None = None
 
     def answers(self) -> tuple[dict, dict]:
         """(chosen, rejected) as assistant messages."""
@@ -96,6 +103,8 @@ def detect_format(record: object, source: str = "") -> str:
     where = f"{source}: " if source else ""
     if not isinstance(record, dict):
         raise DataError(f"{where}expected a JSON object per record, got {type_name(record)}", "wrong type")
+    if is_unpaired(record):
+        return "unpaired"
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record:
@@ -114,6 +123,11 @@ def detect_format(record: object, source: str = "") -> str:
         f"{where}cannot tell the data format from the keys {sorted(record)}: expected "
         '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists or HH-RLHF transcripts, '
         '"conversations" (ShareGPT) or "instruction" (Alpaca); or pass data_format=', "unknown format")
+
+
+def is_unpaired(record: object) -> bool:
+    """An unpaired example (one completion with a label), not a pair."""
+    return isinstance(record, dict) and "completion" in record and "label" in record
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -176,6 +190,25 @@ def _parse_trl(r: Record) -> PreferencePair:
     c = _one_assistant(r, r.messages("chosen"), "chosen")
     j = _one_assistant(r, r.messages("rejected"), "rejected")
     return _pair(r, prompt, c, j, "prompt")
+
+
+def _parse_unpaired(r: Record) -> PreferencePair:
+    label = r.d.get("label")
+    if not isinstance(label, bool):
+        r.fail("label", f"expected true (desirable) or false (undesirable), got {type_name(label)}", "wrong type")
+    if isinstance(r.d.get("prompt"), list):
+        prompt = r.messages("prompt")
+    else:
+        prompt = _system(r) + [{"role": "user", "content": r.get("prompt", str)}]
+    if isinstance(r.d.get("completion"), list):
+        answer = _one_assistant(r, r.messages("completion"), "completion")
+    else:
+        answer = {"role": "assistant", "content": r.get("completion", str)}
+    r.check_prompt(prompt, "prompt")
+    raw = None
+    if isinstance(r.d["prompt"], str) and len(prompt) == 1 and isinstance(r.d["completion"], str):
+        raw = (prompt[0]["content"], answer["content"], answer["content"])
+    return PreferencePair(prompt, answer["content"], answer["content"], r.source, raw, r.tools, answer, answer, label)
 
 
 def _parse_sharegpt(r: Record) -> PreferencePair:
@@ -259,7 +292,8 @@ def _parse_openai(r: Record) -> PreferencePair:
 
 
 PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
-           "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback, "openai": _parse_openai}
+           "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback, "openai": _parse_openai,
+           "unpaired": _parse_unpaired}
 
 
 def parse_record(record: RawRecord, data_format: str, tools: list | None = None) -> PreferencePair:
@@ -289,6 +323,11 @@ def iter_pairs(path: str | os.PathLike, data_format: str = "auto",
                     if isinstance(rec.value, DataError):
                         raise rec.value
                     file_fmt = detect_format(rec.value, rec.source)
+                elif (fmt == "auto" and not isinstance(rec.value, DataError)
+                      and is_unpaired(rec.value) != (file_fmt == "unpaired")):
+                    raise DataError(f"{rec.source}: {'an unpaired record' if is_unpaired(rec.value) else 'a pair'} in "
+                                    f"a file of {file_fmt} records: a file mixing pairs and unpaired examples "
+                                    "(prompt/completion/label) is not supported; split it in two runs", "mixed file")
                 yield rec, file_fmt, parse_record(rec, file_fmt, tools)
             except DataError as e:
                 yield rec, file_fmt or "unknown", e

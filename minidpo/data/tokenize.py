@@ -30,6 +30,9 @@ Truncation (per pair, both answers see the same prompt ids):
 
 1. A prompt longer than `max_prompt_length` keeps its END (the latest turns); the earliest tokens go.
 2. A response longer than `max_length - len(prompt)` is cut at that length (losing its EOS).
+Unpaired examples (format "unpaired") keep their completion as chosen_ids and no rejected_ids;
+`PreferenceDataset.labels` holds each one's label (None for a pair).
+
 3. A pair whose prompt leaves no room for any response token, or whose two answers become identical
    after cutting, is dropped and counted in `stats.dropped` with the reason.
 """
@@ -131,12 +134,15 @@ class DataStats:
 
 
 class PreferenceDataset(Sequence):
-    """A list of TokenizedPair with `.stats` (DataStats), `.sources` ("file.jsonl:12" per pair) and `.lengths`."""
+    """A list of TokenizedPair with `.stats` (DataStats), `.sources` ("file.jsonl:12" per pair), `.labels`
+    (an unpaired example's True / False, None for a pair) and `.lengths`."""
 
-    def __init__(self, pairs: list[TokenizedPair], stats: DataStats, sources: list[str] | None = None):
+    def __init__(self, pairs: list[TokenizedPair], stats: DataStats, sources: list[str] | None = None,
+                 labels: list[bool | None] | None = None):
         self.pairs = pairs
         self.stats = stats
         self.sources = sources if sources is not None else [""] * len(pairs)
+        self.labels = labels if labels is not None else [None] * len(pairs)  # KTO's; None for a pair
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -185,7 +191,7 @@ def _save_cache(file: str, ds: PreferenceDataset) -> None:
                     dtype=np.int64).reshape(-1, 3)
     ids = np.fromiter((t for p in ds.pairs for part in (p.prompt_ids, p.chosen_ids, p.rejected_ids) for t in part),
                       dtype=np.int64, count=int(lens.sum()))
-    meta = json.dumps({"stats": asdict(ds.stats), "sources": ds.sources})
+    meta = json.dumps({"stats": asdict(ds.stats), "sources": ds.sources, "labels": ds.labels})
     with fsutil.atomic_file(file, suffix=".npz") as tmp:
         np.savez(tmp, ids=ids, lens=lens, meta=np.array(meta))
 
@@ -202,7 +208,7 @@ def _load_cache(file: str) -> PreferenceDataset | None:
         i += a + b + c
     stats = DataStats(**meta["stats"])
     stats.from_cache = True
-    return PreferenceDataset(pairs, stats, meta["sources"])
+    return PreferenceDataset(pairs, stats, meta["sources"], meta.get("labels"))
 
 
 def load_preference_data(
@@ -290,7 +296,7 @@ def load_preference_data(
     enc = ChatEncoder(tokenizer, chat_template, enable_thinking=enable_thinking, answer_reasoning=answer_reasoning)
     stats.template = enc.describe()
     show = progress if progress is not None else len(good) >= 2000
-    pairs, sources = [], []
+    pairs, sources, labels = [], [], []
     chunk = 512
     bar = None
     if show:
@@ -305,6 +311,8 @@ def load_preference_data(
             if isinstance(tp, DataError):
                 skip(tp)
                 continue
+            if p.label is not None:  # an unpaired example: its one completion, no rejected answer
+                tp = TokenizedPair(tp.prompt_ids, tp.chosen_ids, [])
             tp, events = truncate_pair(tp, max_length, max_prompt_length)
             if tp is None:
                 (reason,) = events
@@ -316,6 +324,7 @@ def load_preference_data(
             stats.truncated += bool(events)
             pairs.append(tp)
             sources.append(p.source)
+            labels.append(p.label)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
@@ -323,7 +332,7 @@ def load_preference_data(
     stats.kept = len(pairs)
     stats.raw_pairs = enc.raw_pairs
     stats.boundary = dict(enc.notes)
-    ds = PreferenceDataset(pairs, stats, sources)
+    ds = PreferenceDataset(pairs, stats, sources, labels)
     _check_bad_fraction(stats, max_bad_fraction, path)
     if cache_file is not None:
         _save_cache(cache_file, ds)

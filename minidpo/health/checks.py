@@ -125,6 +125,8 @@ def expected_first_loss(cfg) -> float | None:
     names = loss_names(cfg.loss_type)
     if cfg.rpo_alpha or any(n in REFERENCE_FREE for n in names) or getattr(cfg, "use_weighting", False):
         return None
+    if "kto" in names:  # 0.5 x the label's weight: a mean that depends on the data's share of each label
+        return None
     zeros, ones = torch.zeros(2), torch.ones(2)
     losses, _, _ = preference_loss(
         zeros, zeros, zeros, zeros, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,

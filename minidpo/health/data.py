@@ -27,7 +27,8 @@ def data_red_flags(dataset, tokenizer, cfg) -> list[str]:
                      "teach nothing - check the data's chosen/rejected columns")
     ends = end_ids(tokenizer, cfg.chat_template)
     empty = stats.skipped.get(EMPTY, 0) + sum(
-        all(t in ends for t in ids) for p in dataset for ids in (p.chosen_ids, p.rejected_ids))
+        all(t in ends for t in ids) for p in dataset for ids in (p.chosen_ids, p.rejected_ids)
+        if ids)  # an unpaired example has no rejected ids
     if empty:
         flags.append(f"{empty} answers are empty (skipped, or only an end token): the model learns to answer "
                      "nothing or to never answer - fix or drop those records")

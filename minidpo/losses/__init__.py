@@ -29,6 +29,9 @@ the losses are (docs/losses.md has the papers and typical settings)
     orpo          -m_w - beta log s(o), o = (m_w - m_l) - (log(1 - e^m_w) - log(1 - e^m_l))   reference-free
     sft           -m_w (the chosen answer's per-token NLL; only as a term of a mix)
 
+kto (KTO, Ethayarajh et al. 2024) is no pairwise term: it scores unpaired examples, each a completion
+labelled desirable or not (`kto_loss`, `batch_kl` in minidpo.losses.kto); preference_loss refuses it.
+
 f_divergence_type picks f for sigmoid and sigmoid_norm (f-DPO, Wang et al. 2023; f'(u) at u = pi/ref,
 less constants): reverse_kl f(r) = r (DPO), forward_kl -e^(-r), js_divergence log s(r), alpha_divergence
 -e^(-alpha r) / alpha with alpha = f_alpha_divergence_coef in (0, 1).
@@ -48,6 +51,7 @@ and TRL do: beta m_w, beta m_l for SimPO and ORPO, beta log pi(y_w|x), beta log 
 """
 
 from minidpo.losses.bco import RunningRewardMean
+from minidpo.losses.kto import batch_kl, check_kto_settings, kto_kl_value, kto_loss
 from minidpo.losses.objective import preference_loss
 from minidpo.losses.settings import (
     F_ALPHA_DEFAULT,
@@ -62,4 +66,5 @@ from minidpo.losses.settings import (
 )
 
 __all__ = ["F_ALPHA_DEFAULT", "F_DIVERGENCES", "F_DIVERGENCE_LOSSES", "LOSS_TYPES", "REFERENCE_FREE",
-           "SMOOTHED", "RunningRewardMean", "check_loss_settings", "loss_names", "needs_reference", "preference_loss"]
+           "SMOOTHED", "RunningRewardMean", "batch_kl", "check_kto_settings", "check_loss_settings", "kto_kl_value",
+           "kto_loss", "loss_names", "needs_reference", "preference_loss"]

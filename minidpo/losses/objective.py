@@ -62,6 +62,8 @@ def preference_loss(
     terms = loss_terms(frozen(loss_type), beta, label_smoothing, rpo_alpha, frozen(loss_weights), simpo_gamma,
                        discopop_tau, f_divergence_type, f_alpha_divergence_coef)
     names = [name for name, _ in terms]
+    if "kto" in names:
+        raise ValueError("loss_type kto scores unpaired examples: use minidpo.losses.kto_loss, not preference_loss")
     with_reference = [n for n in names if n not in REFERENCE_FREE]
     given = (ref_chosen_logps is not None, ref_rejected_logps is not None)
     if with_reference and not all(given):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
               "discopop", "bco_pair", "sigmoid_norm", "aot", "aot_unpaired", "simpo", "cpo", "orpo", "sft")
+KTO = "kto"  # not a pairwise loss: unpaired examples, minidpo.losses.kto (preference_loss refuses it)
 REFERENCE_FREE = frozenset({"simpo", "cpo", "orpo", "sft"})
 SMOOTHED = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")  # the losses that take label_smoothing
 EXO_DEFAULT_EPS = 1e-3  # EXO's eps when label_smoothing is left at 0 (the paper's value; log eps must be finite)
@@ -24,7 +25,8 @@ F_DIVERGENCE_LOSSES = ("sigmoid", "sigmoid_norm")  # f-DPO is the Bradley-Terry 
 F_ALPHA_DEFAULT = 0.5
 # LD-DPO reweights summed log-probs: not the losses on per-token means, nor the NLL term (its mean needs the plain sum)
 LD_LOSSES = tuple(n for n in LOSS_TYPES if n not in REFERENCE_FREE and n not in NEEDS_LENGTHS)
-UNPAIRED = ("aot", "aot_unpaired")  # their losses[i] is a quantile's term, not pair i's: no per-pair weight fits
+# their losses[i] is a quantile's term (aot) or an unpaired example's (kto), not pair i's: no per-pair weight fits
+UNPAIRED = ("aot", "aot_unpaired", "kto")
 
 
 def loss_names(loss_type: str | Sequence[str]) -> list[str]:
@@ -32,7 +34,7 @@ def loss_names(loss_type: str | Sequence[str]) -> list[str]:
     names = loss_type.split(",") if isinstance(loss_type, str) else list(loss_type)
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
-        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES)}")
+        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES + (KTO,))}")
     return names
 
 
@@ -88,8 +90,7 @@ def _check_ld_and_weighting(names: list[str], ld_alpha, use_weighting: bool, red
                 raise ValueError(f"ld_alpha only applies to loss_type {', '.join(LD_LOSSES)}, not {what}")
     for name in names:
         if use_weighting and name in UNPAIRED:
-            raise ValueError(f"use_weighting does not apply to loss_type {name!r}: its terms are sorted quantiles, "
-                             "not pairs")
+            raise ValueError(f"use_weighting does not apply to loss_type {name!r}: its terms are not pairs")
 
 
 @functools.lru_cache(maxsize=64)
@@ -98,10 +99,12 @@ def loss_terms(loss_type, beta, label_smoothing, rpo_alpha, loss_weights, simpo_
     """check_loss_settings on hashable settings (see `frozen`), validated once per distinct settings."""
     names = loss_names(loss_type)
     for name in names:
-        if name not in LOSS_TYPES:
-            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES)}")
+        if name not in LOSS_TYPES and name != KTO:
+            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES + (KTO,))}")
     if len(set(names)) < len(names):
         raise ValueError(f"loss_type {loss_type!r} names a loss twice")
+    if KTO in names and (len(names) > 1 or rpo_alpha):  # its rows are single completions, not pairs
+        raise ValueError("loss_type kto trains on unpaired examples and takes no other term (nor rpo_alpha)")
     preference = [n for n in names if n != "sft"]
     if not preference:
         raise ValueError("loss_type 'sft' is only the NLL term of a mix: add a preference loss, e.g. sigmoid,sft")
