@@ -12,11 +12,13 @@ Knows nothing of models' weights or DeepSpeed. The contract the trainer relies o
     files.py     file / folder -> raw records (JSON, JSONL, Parquet, Arrow), each named file:line
     messages.py  a record's messages, tool calls, tool results, reasoning and tools -> template messages
     formats.py   record -> PreferencePair (several formats, errors name file:line and field)
+    listwise.py  a listwise record (K ranked answers) -> prompt, answers, scores; TokenizedList
     boundary.py  where the prompt ends and the answer starts (the template's generation prompt)
     chat.py      chat template (or plain / raw) -> response-only ids (ChatEncoder, TokenizedPair)
     display.py   an answer as Markdown: thinking folded, tool calls as JSON
     tokenize.py  truncation, stats, the dataset and its on-disk cache
-    collate.py   dynamic padding, [chosen; rejected] rows or packed [prompt, chosen, rejected] rows
+    collate.py   dynamic padding, [chosen; rejected] rows, packed [prompt, chosen, rejected] rows, or
+                 listwise [prompt, answer_1, ..., answer_K] rows
     plan.py      batch_plan, budget_steps, Batching: deterministic, length-grouped, equal work per rank
 """
 

@@ -1,4 +1,5 @@
-"""TokenizedPairs -> a padded batch: chosen rows first, then rejected rows, dynamic padding."""
+"""TokenizedPairs -> a padded batch: chosen rows first, then rejected rows, dynamic padding; or packed
+[prompt, chosen, rejected] rows; or listwise [prompt, answer_1, ..., answer_K] rows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from .chat import TokenizedPair
+from .listwise import TokenizedList
 
 
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
@@ -106,3 +108,43 @@ def real_tokens(batch: dict) -> int:
     if is_packed(batch):
         return int((batch["segment_ids"] != PADDING).sum())
     return int(batch["attention_mask"].sum())
+
+
+def collate_listwise(rows: Sequence[TokenizedList], pad_token_id: int, pad_to_multiple_of: int = 8) -> dict:
+    """Pack B listwise rows into B rows of [prompt, answer_1, ..., answer_K], the prompt computed once.
+
+    Returns (B, T) LongTensors input_ids, position_ids (0..P-1 on the prompt; every answer restarts at P),
+    answer_index (0 on the prompt, k + 1 on answer k, -1 on padding; each answer attends to the prompt and
+    to itself only: `minidpo.listwise_logps`) and source (the position whose logits predict each answer
+    token: the previous one, the prompt's last token for an answer's first), plus scores (B, Kmax) float
+    and valid (B, Kmax) bool for rows with fewer answers. T: the longest row, rounded up."""
+    if not rows:
+        raise ValueError("collate_listwise needs at least one row")
+    if pad_token_id is None:
+        raise ValueError("pad_token_id is None: set tokenizer.pad_token (e.g. to its EOS token) before collating")
+    m = max(1, pad_to_multiple_of or 1)
+    T = -(-max(len(r.prompt_ids) + sum(map(len, r.answer_ids)) for r in rows) // m) * m
+    K = max(len(r.answer_ids) for r in rows)
+    input_ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), T), dtype=torch.long)
+    answer_index = torch.full((len(rows), T), -1, dtype=torch.long)
+    source = torch.zeros((len(rows), T), dtype=torch.long)
+    scores = torch.zeros((len(rows), K), dtype=torch.float32)
+    valid = torch.zeros((len(rows), K), dtype=torch.bool)
+    for n, r in enumerate(rows):
+        P = start = len(r.prompt_ids)
+        input_ids[n, :P] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        position_ids[n, :P] = torch.arange(P)
+        answer_index[n, :P] = 0
+        for k, ids in enumerate(r.answer_ids):
+            end = start + len(ids)
+            input_ids[n, start:end] = torch.tensor(ids, dtype=torch.long)
+            position_ids[n, start:end] = torch.arange(P, P + len(ids))
+            answer_index[n, start:end] = k + 1
+            source[n, start:end] = torch.arange(start - 1, end - 1)
+            source[n, start] = P - 1
+            start = end
+        scores[n, :len(r.scores)] = torch.tensor(r.scores, dtype=torch.float32)
+        valid[n, :len(r.answer_ids)] = True
+    return {"input_ids": input_ids, "position_ids": position_ids, "answer_index": answer_index, "source": source,
+            "scores": scores, "valid": valid}

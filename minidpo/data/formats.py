@@ -28,6 +28,9 @@ Formats (`data_format=`; "auto" detects it from the first record of each file):
              [one assistant message], "label": true | false, optional "system": str}: one answer, desirable (true)
              or not. Its PreferencePair has the completion as chosen and as rejected, and `label` set. A file
              mixing pairs and unpaired records is refused, naming the first record of the other kind.
+- "listwise" {"prompt", "responses": [K answers], "scores": [K numbers] or "ranking": [indices, best first]}
+             (minidpo.data.listwise): K >= 2 ranked answers, ties allowed. Its PreferencePair has the best
+             answer as chosen, the worst as rejected, and all K in `responses` / `scores`.
 - "ultrafeedback" (UltraFeedback-binarized) {"prompt": str, "chosen": [messages], "rejected": [messages]}: the
              message lists repeat the user turn (which must be `prompt`); extra columns are ignored.
 
@@ -47,11 +50,13 @@ from dataclasses import dataclass
 from minidpo.errors import DataError
 
 from .files import RawRecord, data_files, read_records, type_name
+from .listwise import is_listwise, parse_listwise
 from .messages import Record, answer_key
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
-FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai", "unpaired")
+FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai", "unpaired",
+           "listwise")
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
                   "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
                   "ultrafeedback_binarized": "ultrafeedback", "kto": "unpaired"}
@@ -79,6 +84,8 @@ class PreferencePair:
     chosen_message: dict | None = None
     rejected_message: dict | None = None
     label: bool | None = None
+    responses: tuple[dict, ...] | None = None  # a listwise record's K answers (messages) and their scores
+    scores: tuple[float, ...] | None = None
 
     def answers(self) -> tuple[dict, dict]:
         """(chosen, rejected) as assistant messages."""
@@ -105,6 +112,8 @@ def detect_format(record: object, source: str = "") -> str:
         raise DataError(f"{where}expected a JSON object per record, got {type_name(record)}", "wrong type")
     if is_unpaired(record):
         return "unpaired"
+    if is_listwise(record):
+        return "listwise"
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record:
@@ -122,7 +131,8 @@ def detect_format(record: object, source: str = "") -> str:
     raise DataError(
         f"{where}cannot tell the data format from the keys {sorted(record)}: expected "
         '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists or HH-RLHF transcripts, '
-        '"conversations" (ShareGPT) or "instruction" (Alpaca); or pass data_format=', "unknown format")
+        '"conversations" (ShareGPT), "instruction" (Alpaca), "completion"+"label" (unpaired) or '
+        '"responses"+"scores" (listwise); or pass data_format=', "unknown format")
 
 
 def is_unpaired(record: object) -> bool:
@@ -211,6 +221,15 @@ def _parse_unpaired(r: Record) -> PreferencePair:
     return PreferencePair(prompt, answer["content"], answer["content"], r.source, raw, r.tools, answer, answer, label)
 
 
+def _parse_listwise(r: Record) -> PreferencePair:
+    prompt, answers, scores = parse_listwise(r)
+    best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the earlier answer ranks higher
+    worst = min(range(len(scores)), key=lambda i: (scores[i], -i))
+    c, j = answers[best], answers[worst]
+    return PreferencePair(prompt, c["content"], j["content"], r.source, None, r.tools, c, j,
+                          responses=tuple(answers), scores=tuple(scores))
+
+
 def _parse_sharegpt(r: Record) -> PreferencePair:
     kw = dict(role_key="from", content_key="value", roles=SHAREGPT_ROLES)
     prompt = _system(r) + r.messages("conversations", **kw)
@@ -293,7 +312,7 @@ def _parse_openai(r: Record) -> PreferencePair:
 
 PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
            "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback, "openai": _parse_openai,
-           "unpaired": _parse_unpaired}
+           "unpaired": _parse_unpaired, "listwise": _parse_listwise}
 
 
 def parse_record(record: RawRecord, data_format: str, tools: list | None = None) -> PreferencePair:

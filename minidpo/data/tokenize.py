@@ -290,6 +290,10 @@ def load_preference_data(
         if isinstance(item, DataError):
             skip(item)
             continue
+        if item.responses is not None:  # never silently trained as a best-vs-worst pair
+            raise DataError(f"{item.source}: a listwise record (K ranked responses): the trainer does not train on "
+                            "listwise data yet (minidpo.listwise_logps and minidpo.losses.listwise hold its "
+                            "forward and losses); split it into chosen/rejected pairs meanwhile", "listwise data")
         good.append(item)
     stats.format = "+".join(formats) or "unknown"
 

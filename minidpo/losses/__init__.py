@@ -32,6 +32,8 @@ the losses are (docs/losses.md has the papers and typical settings)
 kto (KTO, Ethayarajh et al. 2024) is no pairwise term: it scores unpaired examples, each a completion
 labelled desirable or not (`kto_loss`, `batch_kl` in minidpo.losses.kto); preference_loss refuses it.
 
+listwise_pairs and plackett_luce score K ranked answers of a prompt (minidpo.losses.listwise).
+
 f_divergence_type picks f for sigmoid and sigmoid_norm (f-DPO, Wang et al. 2023; f'(u) at u = pi/ref,
 less constants): reverse_kl f(r) = r (DPO), forward_kl -e^(-r), js_divergence log s(r), alpha_divergence
 -e^(-alpha r) / alpha with alpha = f_alpha_divergence_coef in (0, 1).
@@ -52,6 +54,7 @@ and TRL do: beta m_w, beta m_l for SimPO and ORPO, beta log pi(y_w|x), beta log 
 
 from minidpo.losses.bco import RunningRewardMean
 from minidpo.losses.kto import batch_kl, check_kto_settings, kto_kl_value, kto_loss
+from minidpo.losses.listwise import LISTWISE_LOSSES, listwise_loss, pair_accuracy
 from minidpo.losses.objective import preference_loss
 from minidpo.losses.settings import (
     F_ALPHA_DEFAULT,
@@ -65,6 +68,6 @@ from minidpo.losses.settings import (
     needs_reference,
 )
 
-__all__ = ["F_ALPHA_DEFAULT", "F_DIVERGENCES", "F_DIVERGENCE_LOSSES", "LOSS_TYPES", "REFERENCE_FREE",
+__all__ = ["F_ALPHA_DEFAULT", "F_DIVERGENCES", "F_DIVERGENCE_LOSSES", "LISTWISE_LOSSES", "LOSS_TYPES", "REFERENCE_FREE",
            "SMOOTHED", "RunningRewardMean", "batch_kl", "check_kto_settings", "check_loss_settings", "kto_kl_value",
-           "kto_loss", "loss_names", "needs_reference", "preference_loss"]
+           "kto_loss", "listwise_loss", "loss_names", "needs_reference", "pair_accuracy", "preference_loss"]

@@ -1,0 +1,80 @@
+"""Listwise records: one prompt, K >= 2 ranked answers (format "listwise").
+
+    {"prompt": str | [messages], "responses": [str | assistant message, ...], "scores": [number, ...]}
+    {"prompt": ..., "responses": [...], "ranking": [index of the best answer, ..., index of the worst]}
+
+K may differ per record; scores may tie (a ranking cannot: it is a permutation of 0..K-1, turned into
+scores K-1, ..., 0). Every problem is a DataError naming file:line and the field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .files import type_name
+from .messages import Record
+
+
+@dataclass(frozen=True)
+class TokenizedList:
+    """One prompt's ids and its K answers' ids (each ending as a TokenizedPair's answer does), with a
+    score per answer (higher is better): a row of `minidpo.data.collate.collate_listwise`."""
+
+    prompt_ids: list[int]
+    answer_ids: list[list[int]]
+    scores: list[float]
+
+
+def is_listwise(record: object) -> bool:
+    """A record with K ranked answers, not a pair."""
+    return isinstance(record, dict) and "responses" in record and ("scores" in record or "ranking" in record)
+
+
+def parse_listwise(r: Record) -> tuple[list[dict], list[dict], list[float]]:
+    """(prompt messages, answers as assistant messages, one score per answer; higher is better)."""
+    if isinstance(r.d.get("prompt"), list):
+        prompt = r.messages("prompt")
+    else:
+        system = r.get("system", str, required=False, allow_empty=True)
+        prompt = ([{"role": "system", "content": system}] if system and system.strip() else []) + \
+            [{"role": "user", "content": r.get("prompt", str)}]
+    r.check_prompt(prompt, "prompt")
+    given = r.get("responses", list)
+    if len(given) < 2:
+        r.fail("responses", f"expected at least 2 answers to rank, got {len(given)}", "too few answers")
+    answers = [_answer(r, a, f"responses[{i}]") for i, a in enumerate(given)]
+    scores = _scores(r, len(answers)) if "scores" in r.d else _ranking(r, len(answers))
+    return prompt, answers, scores
+
+
+def _answer(r: Record, value: object, field: str) -> dict:
+    if isinstance(value, str):
+        return {"role": "assistant", "content": r.string(value, field)}
+    m = r.message(value, field)
+    if m["role"] != "assistant":
+        r.fail(f"{field}.role", f"expected 'assistant', got {m['role']!r}", "bad structure")
+    return m
+
+
+def _scores(r: Record, k: int) -> list[float]:
+    scores = r.get("scores", list)
+    if len(scores) != k:
+        r.fail("scores", f"has {len(scores)} scores for {k} responses (one score per response)", "length mismatch")
+    for i, s in enumerate(scores):
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            r.fail(f"scores[{i}]", f"expected a finite number, got {type_name(s) if not isinstance(s, float) else s}",
+                   "wrong type")
+    return [float(s) for s in scores]
+
+
+def _ranking(r: Record, k: int) -> list[float]:
+    ranking = r.get("ranking", list)
+    if len(ranking) != k:
+        r.fail("ranking", f"has {len(ranking)} indices for {k} responses (every response, best first)",
+               "length mismatch")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ranking) or sorted(ranking) != list(range(k)):
+        r.fail("ranking", f"expected each index 0..{k - 1} once, best first, got {ranking}", "bad ranking")
+    scores = [0.0] * k
+    for position, index in enumerate(ranking):
+        scores[index] = float(k - 1 - position)
+    return scores
