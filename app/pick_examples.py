@@ -8,6 +8,10 @@ page, so seed s here is seed s there); the demo's judge (`minidpo.demo.judge`) s
 shows the preferred behaviour. A prompt qualifies when the DPO answer passes at least `--min_pass` of
 the seeds and more often than the SFT answer; the best `--per_group` (1) of each (axis, language) are
 written, by margin, to `app_examples.json` of the DPO run (what `app.examples` reads).
+
+`--judge verify`: the data is an IFEval-format file (our own held-out constraint prompts, never IFEval's),
+an answer passes when it follows every instruction of its prompt (minidpo.verify, strict), and the
+groups are the instructions' kinds ("change_case", "punctuation", ...): `make smollm2-ifeval-app`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from minidpo.errors import run_cli, set_offline_environment
 from minidpo.eval.heldout import read_heldout
 from minidpo.fsutil import write_text_atomic
 from minidpo.generation import DEFAULTS, decode_answer, generate_ids, prompt_ids_for
+from minidpo.iterate.verifier import ifeval_prompts, prompt_score
 from minidpo.models import load_model
 
 
@@ -66,7 +71,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sft", required=True)
     ap.add_argument("--dpo", required=True)
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder, for model files that carry none")
-    ap.add_argument("--data", required=True, help="held-out data with axis / lang / meta (the demo's heldout.jsonl)")
+    ap.add_argument("--data", required=True, help="held-out data with axis / lang / meta (the demo's heldout.jsonl); "
+                    "with --judge verify an IFEval-format file")
+    ap.add_argument("--judge", choices=("demo", "verify"), default="demo",
+                    help="demo: the demo's rule judge; verify: every instruction of an IFEval-format prompt followed")
     ap.add_argument("--data_format", default="auto")
     ap.add_argument("--output", default=None, help="default: app_examples.json of the DPO run (next to its export)")
     ap.add_argument("--seeds", type=int, default=8)
@@ -82,22 +90,31 @@ def main(argv=None) -> int:
     return run_cli(lambda: pick_and_write(args))  # bad models and data: one line, exit 2
 
 
+def follows_every_instruction(record, answer: str) -> bool | None:
+    """The verify judge's pass: the answer follows all of the prompt's instructions (None: it has none)."""
+    score = prompt_score(record, answer)
+    return None if score is None else score == 1.0
+
+
 def pick_and_write(args) -> int:
     t0 = time.time()
     load = dict(tokenizer=args.tokenizer, device=args.device, dtype=args.dtype, allow_pickle=args.allow_pickle_weights)
     sft = load_model(args.sft, "SFT", **load)
     dpo = load_model(args.dpo, "DPO", **load)
-    records = read_heldout(args.data, args.data_format)
+    if args.judge == "verify":
+        records, judge, judge_name = ifeval_prompts(args.data), follows_every_instruction, "minidpo.verify (strict)"
+    else:
+        records, judge, judge_name = read_heldout(args.data, args.data_format), judge_heldout, "minidpo.demo.judge"
     per_group: dict = defaultdict(list)
     for r in records:
-        if judge_heldout(r, "") is not None and len(per_group[(r.axis, r.lang)]) < args.candidates:
+        if judge(r, "") is not None and len(per_group[(r.axis, r.lang)]) < args.candidates:
             per_group[(r.axis, r.lang)].append(r)
     candidates = [r for group in per_group.values() for r in group]
-    measured = measure(sft, dpo, candidates, judge_heldout, seeds=args.seeds, batch_size=args.batch_size)
+    measured = measure(sft, dpo, candidates, judge, seeds=args.seeds, batch_size=args.batch_size)
     chosen = pick(measured, min_pass=args.min_pass, per_group=args.per_group, axis_order=JUDGED_AXES)
     output = Path(args.output) if args.output else Path(dpo.path).parent / "app_examples.json"
     info = {"measured": {"seeds": args.seeds, "min_pass": args.min_pass, "settings": DEFAULTS.to_dict(),
-                         "sft": sft.path, "dpo": dpo.path, "data": str(args.data), "judge": "minidpo.demo.judge",
+                         "sft": sft.path, "dpo": dpo.path, "data": str(args.data), "judge": judge_name,
                          "candidates": len(candidates), "seconds": round(time.time() - t0, 1)},
             "examples": chosen, "all": measured}
     write_text_atomic(output, json.dumps(info, ensure_ascii=False, indent=1) + "\n")

@@ -3,6 +3,7 @@
 #   make smollm2-ifeval-data   our own constraint prompts: train.jsonl (600) and a held-out split (150)
 #   make smollm2-ifeval        LoRA DPO rounds from SmolLM2 (64 min measured on 2 shared CPU cores)
 #   make smollm2-ifeval-eval IFEVAL=path/to/input_data.jsonl   IFEval's 541 prompts: SmolLM2 vs the last round
+#   make smollm2-ifeval-app    both side by side, example prompts picked by measurement on the held-out split
 SMOLLM2_IFEVAL_DATA   ?= $(DATA_DIR)/ifeval
 SMOLLM2_IFEVAL_OUT    ?= runs/smollm2-ifeval
 SMOLLM2_IFEVAL_CONFIG ?= configs/smollm2_ifeval.yaml
@@ -10,7 +11,7 @@ SMOLLM2_IFEVAL_CONFIG ?= configs/smollm2_ifeval.yaml
 SMOLLM2_IFEVAL_DTYPE  ?= $(shell grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
 IFEVAL ?=
 
-.PHONY: smollm2-ifeval-data smollm2-ifeval smollm2-ifeval-eval
+.PHONY: smollm2-ifeval-data smollm2-ifeval smollm2-ifeval-eval smollm2-ifeval-app
 
 $(SMOLLM2_IFEVAL_DATA)/train.jsonl: | $(BIN)/.installed
 	$(BIN)/python -m minidpo.verify.prompts --out $(SMOLLM2_IFEVAL_DATA) --n_train 600 --n_heldout 150 --seed 0
@@ -32,3 +33,14 @@ smollm2-ifeval-eval: smollm2-deps  ## IFEval (IFEVAL=input_data.jsonl): SmolLM2 
 		$(SMOLLM2_IFEVAL_OUT)/summary.json) && \
 	$(BIN)/python -m minidpo.eval --benchmark ifeval --data $(IFEVAL) --sft "$$model" --dpo "$$dpo" \
 		--output_dir $(SMOLLM2_IFEVAL_OUT)/ifeval $(ARGS)
+
+# the page's examples: held-out constraint prompts (ours) where the DPO model follows every instruction on at
+# least 6 of 8 seeds and more often than SmolLM2, picked once per run (app/pick_examples.py --judge verify)
+smollm2-ifeval-app: smollm2-deps  ## SmolLM2 vs the last round of smollm2-ifeval side by side, on constraint prompts picked by measurement
+	@test -f $(SMOLLM2_IFEVAL_OUT)/summary.json || { echo "error: $(SMOLLM2_IFEVAL_OUT)/summary.json not found: run make smollm2-ifeval first" >&2; exit 2; }
+	model=$(SMOLLM2_HF) && \
+	dpo=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["rounds"][-1]["export"])' \
+		$(SMOLLM2_IFEVAL_OUT)/summary.json) && \
+	{ test -f "$$(dirname $$dpo)/app_examples.json" || $(BIN)/python -m app.pick_examples --judge verify --sft "$$model" \
+		--dpo "$$dpo" --data $(SMOLLM2_IFEVAL_DATA)/heldout.jsonl --min_pass 6 --candidates 6 --batch_size 32; } && \
+	$(BIN)/python -m app.compare --sft "$$model" --dpo "$$dpo" --port $(PORT) $(ARGS)

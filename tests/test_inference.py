@@ -280,3 +280,29 @@ def test_the_page_says_what_the_demo_model_is(tmp_path):
     assert demo_preset(tmp_path / "runs" / "dpo" / "export")["n_params"] == 1907520
     (tmp_path / "runs" / "sft" / "run_config.json").write_text(json.dumps({"run": {"model": "elsewhere"}}))
     assert demo_preset(tmp_path / "runs" / "dpo" / "export") is None
+
+
+def test_examples_picked_by_the_verify_judge(tiny_model_dir, tmp_path):
+    from app.pick_examples import follows_every_instruction, main
+    from minidpo.iterate.verifier import ifeval_prompts
+
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"key": 1, "prompt": "Describe rain in lowercase.", "instruction_id_list": ["change_case:english_lowercase"],
+         "kwargs": [{}]},
+        {"key": 2, "prompt": "List two fruits without commas, ending with 'Done.'",
+         "instruction_id_list": ["punctuation:no_comma", "startend:end_checker"], "kwargs": [{}, {"end_phrase": "Done."}]},
+    ]), encoding="utf-8")
+    lower, two = ifeval_prompts(data)
+    assert follows_every_instruction(lower, "rain falls softly.") is True
+    assert follows_every_instruction(lower, "Rain falls.") is False
+    assert follows_every_instruction(two, "apples and pears. Done.") is True
+    assert follows_every_instruction(two, "apples, pears. Done.") is False  # one of two instructions is not enough
+    out = tmp_path / "examples.json"
+    assert main(["--sft", tiny_model_dir, "--dpo", tiny_model_dir, "--data", str(data), "--judge", "verify",
+                 "--seeds", "2", "--min_pass", "1", "--output", str(out)]) == 0
+    info = json.loads(out.read_text())
+    assert info["measured"]["judge"] == "minidpo.verify (strict)" and info["measured"]["candidates"] == 2
+    assert sorted(m["axis"] for m in info["all"]) == ["change_case", "punctuation"]
+    # the same model on both sides answers alike, so no prompt shows DPO doing better
+    assert all(m["dpo_pass"] == m["sft_pass"] for m in info["all"]) and info["examples"] == []
