@@ -16,7 +16,7 @@ from app.battle import Arena
 from app.leaderboard import leaderboard, read_battles
 from app.pool import Pool
 from app.session import Answer, CannotStart, Session, settings_from
-from app.views import heatmap_html, leaderboard_html, token_html
+from app.views import heatmap_html, leaderboard_html, rendered_answer, token_html
 from app.votes import DEFAULT_VOTES, VoteRefused, VoteWriter
 from minidpo.errors import DataError, first_line
 from minidpo.models import LoadedModel, load_model, resolve_beta
@@ -29,6 +29,17 @@ def _warn(message: str) -> None:
     import gradio as gr
 
     gr.Warning(message)
+
+
+def with_rendered(updates):
+    """The updates of a two-answer handler (its two texts first), each followed by the two answers' rendered
+    views (`rendered_answer`): empty while the answers stream, then once more the last update, rendered
+    (the answers as they ended: done, stopped or failed), so a view is built once per answer, not per token."""
+    last = None
+    for last in updates:
+        yield (*last, "", "")
+    if last is not None:
+        yield (*last, rendered_answer(last[0]), rendered_answer(last[1]))
 
 
 def _fmt_reward(r: float | None) -> str:
@@ -89,6 +100,14 @@ class Comparer:
     def blind(self, *args, **kwargs):
         """Stream an anonymous pair of answers; see `Arena.battle`."""
         yield from self.arena.battle(*args, **kwargs)
+
+    def compare_views(self, *args, **kwargs):
+        """`compare`'s updates, each followed by the two rendered views (`with_rendered`): what the page shows."""
+        yield from with_rendered(self.compare(*args, **kwargs))
+
+    def blind_views(self, *args, **kwargs):
+        """`blind`'s updates, each followed by the two rendered views (`with_rendered`): what the page shows."""
+        yield from with_rendered(self.blind(*args, **kwargs))
 
     # -- stopping -------------------------------------------------------------------------------
     # Stop is cooperative: the running generator sees the flag, keeps the partial answers and ends

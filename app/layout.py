@@ -104,14 +104,17 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = DEFAULTS.max_
                         with gr.Column():
                             out = gr.Textbox(label=f"{name} · {pool.sources[name]}", lines=12, max_lines=30,
                                              interactive=False, elem_id=f"{elem}-answer", elem_classes="answer")
+                            # thinking folded, tool calls as JSON; empty for a plain answer
+                            rendered = gr.Markdown(elem_id=f"{elem}-rendered")
                             stats = gr.Markdown(elem_id=f"{elem}-stats")
                             tokens = gr.HTML(elem_id=f"{elem}-tokens")
                             with gr.Row():
                                 up = gr.Button("Thumbs up: a good answer", size="sm", elem_id=f"thumb-up-{elem}")
                                 down = gr.Button("Thumbs down: a bad answer", size="sm", elem_id=f"thumb-down-{elem}")
-                            columns.append((side, out, stats, tokens, up, down))
+                            columns.append((side, out, stats, tokens, up, down, rendered))
                 thumb_status = gr.Markdown(elem_id="thumb-status")
-            (_, sft_out, sft_stats, sft_tokens, *_), (_, dpo_out, dpo_stats, dpo_tokens, *_) = columns
+            (_, sft_out, sft_stats, sft_tokens, *_, sft_rendered) = columns[0]
+            (_, dpo_out, dpo_stats, dpo_tokens, *_, dpo_rendered) = columns[1]
 
             with gr.Tab("Arena · blind vote", id="blind"):
                 gr.Markdown(
@@ -128,10 +131,14 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = DEFAULTS.max_
                 conversation = gr.Markdown(elem_id="conversation")
                 blind_status = gr.Markdown(elem_id="blind-status")
                 with gr.Row(equal_height=True):
-                    a_out = gr.Textbox(label="A", lines=12, max_lines=30, interactive=False,
-                                       elem_id="a-answer", elem_classes="answer")
-                    b_out = gr.Textbox(label="B", lines=12, max_lines=30, interactive=False,
-                                       elem_id="b-answer", elem_classes="answer")
+                    with gr.Column():
+                        a_out = gr.Textbox(label="A", lines=12, max_lines=30, interactive=False,
+                                           elem_id="a-answer", elem_classes="answer")
+                        a_rendered = gr.Markdown(elem_id="a-rendered")
+                    with gr.Column():
+                        b_out = gr.Textbox(label="B", lines=12, max_lines=30, interactive=False,
+                                           elem_id="b-answer", elem_classes="answer")
+                        b_rendered = gr.Markdown(elem_id="b-rendered")
                 with gr.Row():
                     vote_a = gr.Button("A is better", elem_id="vote-a")
                     vote_tie = gr.Button("Tie", elem_id="vote-tie")
@@ -153,18 +160,19 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = DEFAULTS.max_
         def compare_in_session(left, right, colour, prompt, system, max_new_tokens, temperature, top_p, top_k,
                                repetition_penalty, seed, request: gr.Request):
             values = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
-            for out in comparer.compare(prompt, system, *values, session=request.session_hash, left=left,
-                                        right=right, colour=colour):
-                yield *out, "", "", ""
-            yield *out, *comparer.token_colours(request.session_hash), ""
+            for out in comparer.compare_views(prompt, system, *values, session=request.session_hash, left=left,
+                                              right=right, colour=colour):
+                yield *out[:5], "", "", "", *out[5:]
+            yield *out[:5], *comparer.token_colours(request.session_hash), "", *out[5:]
 
         def blind_in_session(previous, mode, prompt, system, max_new_tokens, temperature, top_p, top_k,
                              repetition_penalty, seed, request: gr.Request):
             values = (max_new_tokens, temperature, top_p, top_k, repetition_penalty, seed)
             earlier = "" if mode == "new" else conversation_markdown(previous, with_its_turn=mode == "continue")
-            for out in comparer.blind(prompt, system, *values, session=request.session_hash,
-                                      previous=previous if mode != "new" else None, regenerate=mode == "regenerate"):
-                yield *out, earlier
+            for out in comparer.blind_views(prompt, system, *values, session=request.session_hash,
+                                            previous=previous if mode != "new" else None,
+                                            regenerate=mode == "regenerate"):
+                yield *out[:4], earlier, *out[4:]
 
         def stop_session(request: gr.Request):
             comparer.request_stop(request.session_hash)
@@ -175,19 +183,20 @@ def build_app(comparer: Comparer, *, default_max_new_tokens: int = DEFAULTS.max_
                 return comparer.thumb(side, up, request.session_hash)
             return handler
 
-        outputs = [sft_out, dpo_out, sft_stats, dpo_stats, status, sft_tokens, dpo_tokens, thumb_status]
+        outputs = [sft_out, dpo_out, sft_stats, dpo_stats, status, sft_tokens, dpo_tokens, thumb_status,
+                   sft_rendered, dpo_rendered]
         for trigger in (compare_btn.click, prompt.submit):
             trigger(compare_in_session, [left, right, colour, *inputs], outputs,
                     concurrency_id="generate", concurrency_limit=1, show_progress="hidden")
         stop_btn.click(stop_session, None, None, queue=False)
         for dropdown, box in ((left, sft_out), (right, dpo_out)):
             dropdown.change(lambda n: gr.update(label=f"{n} · {pool.sources[n]}"), dropdown, box, queue=False)
-        for side, _, _, _, up, down in columns:
+        for side, _, _, _, up, down, _ in columns:
             up.click(thumb(side, True), None, thumb_status)
             down.click(thumb(side, False), None, thumb_status)
 
         arena = dict(concurrency_id="generate", concurrency_limit=1, show_progress="hidden")
-        arena_out = [a_out, b_out, blind_status, comparison, conversation]
+        arena_out = [a_out, b_out, blind_status, comparison, conversation, a_rendered, b_rendered]
         for button, mode in ((blind_btn, "new"), (regen_btn, "regenerate"), (continue_btn, "continue")):
             button.click(lambda: "", None, vote_status, queue=False).then(
                 blind_in_session, [comparison, gr.State(mode), *inputs], arena_out, **arena)

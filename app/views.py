@@ -1,11 +1,13 @@
 """HTML fragments the page shows: tokens coloured by their share of the implicit reward, the leaderboard
-table and its win-rate heatmap. Plain strings with inline styles (no script, nothing fetched)."""
+table and its win-rate heatmap, an answer's thinking and tool calls rendered. Plain strings with inline styles
+(no script, nothing fetched)."""
 
 from __future__ import annotations
 
 import html
 
 from app.leaderboard import Board
+from minidpo.data.display import answer_markdown, answer_parts
 
 GREEN, RED = (22, 163, 74), (220, 38, 38)  # DPO pushed this token up / down
 
@@ -13,6 +15,14 @@ GREEN, RED = (22, 163, 74), (220, 38, 38)  # DPO pushed this token up / down
 def _tint(rgb: tuple[int, int, int], strength: float) -> str:
     """rgba background, strength in [0, 1]."""
     return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{0.08 + 0.72 * min(1.0, max(0.0, strength)):.2f})"
+
+
+def rendered_answer(text: str) -> str:
+    """Markdown of an answer with thinking folded and tool calls as JSON (`answer_markdown`), or "" when it
+    has neither: a plain answer is read in its text box."""
+    if all(kind == "text" for kind, _ in answer_parts(text or "")):
+        return ""
+    return answer_markdown(text)
 
 
 def token_html(pieces: list[str], shares: list[float]) -> str:

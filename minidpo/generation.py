@@ -71,12 +71,13 @@ class SamplingSettings:
 DEFAULTS = SamplingSettings()
 
 
-def prompt_ids_for(tokenizer, messages: list[dict], encoder=None) -> list[int]:
+def prompt_ids_for(tokenizer, messages: list[dict], encoder=None, tools: list | None = None) -> list[int]:
     """Token ids of a chat prompt, ending where the assistant's answer starts (as in training).
 
-    `encoder`: a `minidpo.data.ChatEncoder(tokenizer)` to reuse over many prompts (optional)."""
+    `encoder`: a `minidpo.data.ChatEncoder(tokenizer)` to reuse over many prompts (optional; it carries
+    settings such as enable_thinking). `tools`: the tool schemas the template shows the model."""
     encoder = encoder or ChatEncoder(tokenizer)
-    return [int(t) for t in encoder.encode_prompt_response(messages, "")[0]]
+    return [int(t) for t in encoder.encode_prompt_response(messages, "", tools=tools)[0]]
 
 
 # ------------------------------------------------------------------------------------------- filters

@@ -296,3 +296,49 @@ def test_build_app(comparer):
     assert (a.host, a.port, a.beta, a.votes) == ("127.0.0.1", 7860, None, "runs/votes.jsonl")
     a = parse_args(["--host", "0.0.0.0", "--port", "9000", "--beta", "0.05", "--sft", "s", "--dpo", "d"])
     assert (a.host, a.port, a.beta, a.sft, a.dpo) == ("0.0.0.0", 9000, 0.05, "s", "d")
+
+
+THINK_AND_CALL = ('<think>\nThe user wants live weather: call the tool.\n</think>\n\n'
+                  '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+
+
+def test_rendered_view_folds_thinking_and_shows_tool_calls_as_json():
+    from app.views import rendered_answer
+
+    view = rendered_answer(THINK_AND_CALL)
+    assert view.startswith("<details><summary>Thinking</summary>\n\nThe user wants live weather: call the tool.")
+    assert "</details>" in view and "<think>" not in view and "<tool_call>" not in view
+    call = view[view.index("```json\n") + len("```json\n"):view.rindex("\n```")]
+    assert "**Tool call** `get_weather`" in view and json.loads(call) == {"name": "get_weather",
+                                                                          "arguments": {"city": "Paris"}}
+    assert rendered_answer("Photosynthesis turns light into sugar.") == "" and rendered_answer("") == ""
+
+
+def test_handlers_render_the_answers_once_they_are_done(comparer):
+    from app.handlers import with_rendered
+    from app.views import rendered_answer
+
+    # a stream in the handlers' shape (texts first): rendered on the last update only
+    stream = [("<think>\nThe user", "It is", "", "", "Generating…"),
+              (THINK_AND_CALL, "It is sunny.", "", "", "**Done.**")]
+    outs = list(with_rendered(iter(stream)))
+    assert [o[:5] for o in outs] == [stream[0], stream[1], stream[1]]
+    assert [o[5:] for o in outs[:2]] == [("", ""), ("", "")]
+    assert outs[-1][5:] == (rendered_answer(THINK_AND_CALL), "") and "<details>" in outs[-1][5]
+
+    # the page's handlers: compare / blind's updates unchanged, the last one's texts rendered
+    outs = list(comparer.compare_views(*args("Explain photosynthesis", max_new_tokens=6)))
+    assert all(len(o) == 7 for o in outs) and all(o[5:] == ("", "") for o in outs[:-1])
+    assert outs[-1][:5] == outs[-2][:5] and outs[-1][4].startswith("**Done.**")
+    assert outs[-1][5:] == (rendered_answer(outs[-1][0]), rendered_answer(outs[-1][1]))
+    outs = list(comparer.blind_views(*args("Explain photosynthesis", max_new_tokens=6), order_seed=0))
+    assert all(len(o) == 6 for o in outs) and outs[-1][3] is not None
+    assert outs[-1][4:] == (rendered_answer(outs[-1][0]), rendered_answer(outs[-1][1]))
+
+
+def test_the_page_has_a_rendered_view_under_each_answer(comparer):
+    from app.compare import build_app
+
+    page = json.dumps(build_app(comparer).config, default=str)
+    for elem in ("sft", "dpo", "a", "b"):
+        assert f'"{elem}-rendered"' in page and f'"{elem}-answer"' in page

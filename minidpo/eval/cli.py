@@ -46,6 +46,8 @@ def build_parser(prog: str = "python -m minidpo.eval", default_judge: str | None
                     help="--benchmark ifeval: an earlier run's answers_sft.jsonl (same data, SFT model, dtype and "
                     "max_new_tokens): only the DPO model answers")
     ap.add_argument("--data_format", default="auto", help="auto, or force a format (as for training)")
+    ap.add_argument("--enable_thinking", choices=("true", "false"), default=None,
+                    help="passed to the chat template, as the data setting of the same name (default: the template's)")
     ap.add_argument("--output_dir", required=True, help="folder for eval.json, eval.md and TensorBoard scalars")
     ap.add_argument("--beta", type=float, default=None,
                     help="the beta the DPO model was trained with (default: the DPO run's run_config.json, else 0.1)")
@@ -87,6 +89,7 @@ def run(argv=None, *, prog: str = "python -m minidpo.eval", default_judge: str |
     result = evaluate(args.sft, args.dpo, args.data, args.output_dir, beta=args.beta, judge=load_judge(args.judge),
                       data_format=args.data_format, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
                       allow_pickle=args.allow_pickle_weights,
+                      enable_thinking=None if args.enable_thinking is None else args.enable_thinking == "true",
                       n_generate=None if args.n_generate < 0 else args.n_generate, n_kl=args.n_kl,
                       n_examples=args.n_examples, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens,

@@ -24,6 +24,14 @@ class HeldoutPair:
     axis: str | None = None
     lang: str | None = None
     meta: dict = field(default_factory=dict)
+    answer_messages: tuple | None = None  # (chosen, rejected) as assistant messages: tool calls, reasoning
+    tools: list | None = None  # the record's tool schemas, for the chat template
+
+    def answers(self) -> tuple[dict, dict]:
+        """(chosen, rejected) as assistant messages: what is scored (a tool call's text alone is empty)."""
+        if self.answer_messages is not None:
+            return self.answer_messages
+        return tuple({"role": "assistant", "content": t} for t in (self.chosen, self.rejected))
 
     @property
     def prompt(self) -> str:
@@ -40,7 +48,7 @@ def read_heldout(path, data_format: str = "auto") -> list[HeldoutPair]:
         extra = raw.value if isinstance(raw.value, dict) else {}
         meta = extra.get("meta") if isinstance(extra.get("meta"), dict) else {}
         out.append(HeldoutPair(item.prompt_messages, item.chosen, item.rejected, item.source, extra.get("id"),
-                               extra.get("axis"), extra.get("lang"), meta))
+                               extra.get("axis"), extra.get("lang"), meta, item.answers(), item.tools))
     if not out:
         raise DataError(f"{path}: no records", "empty file")
     return out

@@ -57,7 +57,7 @@ def _split_overrides(overrides: dict, sampling: SamplingSettings | None, setting
 def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judge: Judge | None = None,
              sampling: SamplingSettings | None = None, settings: EvalSettings | None = None,
              data_format: str = "auto", tokenizer: str | None = None, device: str = "cpu", dtype: str = "fp32",
-             allow_pickle: bool = False,
+             allow_pickle: bool = False, enable_thinking: bool | None = None,
              tensorboard: bool = True, step: int = 0, **overrides) -> dict:
     """Compare a DPO model with its SFT reference on held-out pairs; write eval.json / eval.md / scalars.
 
@@ -71,6 +71,8 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
         sampling, settings: SamplingSettings / EvalSettings; keyword overrides (`n_generate=16`,
             `max_new_tokens=8`, `seed=3`, ...) replace single fields of either.
         tokenizer, device, dtype: as for `load_model` (`--tokenizer`, `--device`, `--dtype`).
+        enable_thinking: the data setting of the same name, passed to the chat template when scoring the
+            pairs and building the prompts answered (None: the template's default).
     Returns:
         The dict written to eval.json: "settings", "preference", "preference_by_axis", "judge",
         "kl", "examples", "seconds".
@@ -87,14 +89,16 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
     tok, stops, pad = dpo_lm.tokenizer, dpo_lm.stop_ids, dpo_lm.pad_id
     kl_len = settings.kl_max_new_tokens or sampling.max_new_tokens
     result_settings = dict(sft_dir=sft_lm.path, dpo_dir=dpo_lm.path, heldout_path=str(heldout_path), beta=beta,
-                           beta_source=beta_source, **asdict(settings), **asdict(sampling), logprob_reduction="sum")
+                           beta_source=beta_source, enable_thinking=enable_thinking, **asdict(settings),
+                           **asdict(sampling), logprob_reduction="sum")
     result_settings["kl_max_new_tokens"] = kl_len
-    encoder = ChatEncoder(tok)  # the trainer's tokenisation, built once
+    encoder = ChatEncoder(tok, enable_thinking=enable_thinking)  # the trainer's tokenisation, built once
     bs = settings.batch_size
 
     # 1. preference accuracy on every held-out pair: chosen rows, then rejected rows
-    rows = [encoder.encode_prompt_response(r.prompt_messages, r.chosen) for r in records]
-    rows += [encoder.encode_prompt_response(r.prompt_messages, r.rejected) for r in records]
+    # (the answers as messages, with the record's tools: a tool-call answer's text alone is empty)
+    rows = [encoder.encode_prompt_response(r.prompt_messages, r.answers()[0], tools=r.tools) for r in records]
+    rows += [encoder.encode_prompt_response(r.prompt_messages, r.answers()[1], tools=r.tools) for r in records]
     n = len(records)
     sft_lp, ntok = score_rows(sft_lm.model, rows, pad, batch_size=bs)
     dpo_lp, _ = score_rows(dpo_lm.model, rows, pad, batch_size=bs)
@@ -109,7 +113,7 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
     judged, examples = None, []
     for_gen = stratified(records, settings.n_generate) if settings.n_generate != 0 else []
     if for_gen:
-        prompts = [prompt_ids_for(tok, r.prompt_messages, encoder) for r in for_gen]
+        prompts = [prompt_ids_for(tok, r.prompt_messages, encoder, r.tools) for r in for_gen]
         answers = {}
         for lm in (sft_lm, dpo_lm):
             ids = generate_ids(lm.model, tok, prompts, settings=sampling, stop_ids=stops, pad_id=pad, batch_size=bs)
@@ -131,7 +135,7 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
     kl = None
     kl_records = stratified(records, settings.n_kl) if settings.n_kl != 0 else []
     if kl_records:
-        prompts = [prompt_ids_for(tok, r.prompt_messages, encoder) for r in kl_records]
+        prompts = [prompt_ids_for(tok, r.prompt_messages, encoder, r.tools) for r in kl_records]
         kl = sampled_kl(dpo_lm, sft_lm, prompts, max_new_tokens=kl_len, seed=sampling.seed + 1, stop_ids=stops,
                         pad_id=pad, batch_size=bs)
 
