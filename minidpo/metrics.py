@@ -81,19 +81,22 @@ class MetricTracker:
         self.bar = tqdm(total=total_steps, initial=start_step, desc="dpo", unit="step", dynamic_ncols=True)
 
     def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss,
-                       positions: int = 0, real_positions: int = 0, logratios=None, lengths=None, kto=None):
+                       positions: int = 0, real_positions: int = 0, logratios=None, lengths=None, kto=None,
+                       correct=None):
         """Record one micro-batch (tensors of shape (B,) on any device). `tokens`: the pairs' prompt+answer
         tokens (prompt counted per answer); `positions` / `real_positions`: what the forward computed,
         with and without padding. For the health checks: `logratios`, the (chosen, rejected) log pi - log ref
         (None without a reference), and `lengths`, what makes them per token (ones for per-token means).
         KTO: `kto` = (labels (B,) bool, the KL reference point); the rewards and log-probs are then each
         example's, chosen_* the desirable ones' (0 elsewhere) and rejected_* the undesirable ones', so
-        rewards/accuracies is the share of examples whose reward has their label's sign."""
+        rewards/accuracies is the share of examples whose reward has their label's sign.
+        Listwise rows: `correct` = the micro-batch's ordered-pair accuracy x its lists (B,) (chosen_* the best
+        answer's, rejected_* the worst's), so rewards/accuracies is the lists' mean pair accuracy."""
         on_device = {
             "loss": losses.detach().sum(),
             "chosen_reward": chosen_rewards.sum(),
             "rejected_reward": rejected_rewards.sum(),
-            "correct": (chosen_rewards > rejected_rewards).sum(),
+            "correct": (chosen_rewards > rejected_rewards).sum() if correct is None else correct,
             "margin": (chosen_rewards - rejected_rewards).sum(),
             "chosen_logps": chosen_logps.detach().sum(),
             "rejected_logps": rejected_logps.detach().sum(),

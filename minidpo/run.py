@@ -18,13 +18,13 @@ import torch.distributed as dist
 from minidpo import checkpoint, lora
 from minidpo.config import LoraSettings, parse_config, validate
 from minidpo.data import Batching, collate_packed, collate_pairs, load_preference_data
-from minidpo.data.collate import kto_pairs, padded_length
+from minidpo.data.collate import collate_listwise, kto_pairs, padded_length
 from minidpo.distributed import peer_failure_message, setup_distributed, teardown
 from minidpo.ds_config import resolve_ds_config
 from minidpo.engine import device, on_cpu
 from minidpo.errors import ConfigError, run_cli, set_offline_environment
 from minidpo.fsutil import write_text_atomic
-from minidpo.losses import loss_names
+from minidpo.losses import LISTWISE_LOSSES, loss_names
 from minidpo.models import load_tokenizer
 from minidpo.sources import hf_folder
 
@@ -100,7 +100,15 @@ class Run:
         loss_type = getattr(self.cfg, "loss_type", None)  # SFT runs have none
         return loss_type is not None and "kto" in loss_names(loss_type)
 
+    @property
+    def listwise(self) -> bool:
+        """K ranked answers a row (loss_type listwise_pairs / plackett_luce): one [prompt, answer_1..K] row each."""
+        loss_type = getattr(self.cfg, "loss_type", None)
+        return loss_type is not None and any(n in LISTWISE_LOSSES for n in loss_names(loss_type))
+
     def collate(self, pairs):
+        if self.listwise:
+            return collate_listwise(pairs, self.tokenizer.pad_token_id)
         if self.kto:
             pairs = kto_pairs(pairs, self.cfg.max_length)
         return (collate_packed if self.packed else collate_pairs)(pairs, self.tokenizer.pad_token_id)

@@ -16,18 +16,23 @@ from minidpo import checkpoint, lora
 from minidpo.config import RunConfig, report_to_names
 from minidpo.ds_config import reference_ds_config
 from minidpo.data.collate import real_tokens
+from minidpo.data.listwise import TokenizedList
 from minidpo.engine import build_policy_engine, build_reference_engine, device
 from minidpo.errors import ConfigError
 from minidpo.fault_injection import inject, poison_loss
 from minidpo.health import HealthMonitor, data_red_flags
+from minidpo.listwise_logps import listwise_logps
 from minidpo.logprobs import packed_forward_unsupported, pair_logps
 from minidpo.losses import (
+    LISTWISE_LOSSES,
     RunningRewardMean,
     batch_kl,
     kto_kl_value,
     kto_loss,
+    listwise_loss,
     loss_names,
     needs_reference,
+    pair_accuracy,
     preference_loss,
 )
 from minidpo.metrics import MetricTracker
@@ -68,6 +73,11 @@ def pair_tokens(pairs) -> int:
     return sum(2 * len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
 
 
+def list_tokens(rows) -> int:
+    """Tokens of every [prompt + answer_k] of listwise rows: the work they are as separate sequences."""
+    return sum(len(r.prompt_ids) * len(r.answer_ids) + sum(map(len, r.answer_ids)) for r in rows)
+
+
 def response_lengths(pairs, reduction: str, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Response tokens per chosen and per rejected answer: what the log-probs sum over (the loss mask
     covers exactly the answer's ids); ones when the log-probs are already per-token means."""
@@ -102,9 +112,17 @@ def bco_running_mean(cfg: RunConfig, world_size: int) -> RunningRewardMean | Non
 
 
 def check_data_kind(cfg: RunConfig, dataset) -> None:
-    """Pairs for the pairwise losses, unpaired examples for kto: the first record of the other kind fails."""
-    kto = "kto" in loss_names(cfg.loss_type)
-    for source, label in zip(dataset.sources, dataset.labels):
+    """Pairs for the pairwise losses, unpaired examples for kto, lists for the listwise losses: the first
+    record of another kind fails."""
+    names = loss_names(cfg.loss_type)
+    kto, listwise = "kto" in names, bool(set(names) & set(LISTWISE_LOSSES))
+    for source, label, row in zip(dataset.sources, dataset.labels, dataset):
+        if listwise and not isinstance(row, TokenizedList):
+            raise ConfigError(f"{source}: not a listwise record, but loss_type {names[0]} trains on K ranked "
+                              'responses ({"prompt", "responses", "scores" or "ranking"}) only')
+        if not listwise and isinstance(row, TokenizedList):
+            raise ConfigError(f"{source}: a listwise record (K ranked responses): only loss_type "
+                              f"{' or '.join(LISTWISE_LOSSES)} trains on those")
         if kto and label is None:
             raise ConfigError(f"{source}: a preference pair, but loss_type kto trains on unpaired examples only "
                               "(pairs and unpaired examples in one run are not supported)")
@@ -124,6 +142,28 @@ def kto_micro_step(cfg: RunConfig, labels: list[bool], logps, ref_logps, reduce)
     return losses, rewards, labels, kl
 
 
+def listwise_micro_step(cfg: RunConfig, policy, reference, batch: dict, lists_per_micro: float):
+    """listwise_pairs / plackett_luce on collate_listwise rows: (the loss to backward, normalised per
+    micro-step like pairs', the tracker's values). The rewards and log-probs logged as chosen / rejected are
+    the best and the worst answer's of each list; rewards/accuracies is the share of ordered pairs ranked right."""
+    with torch.no_grad():
+        ref_logps = listwise_logps(reference, batch)
+    logps = listwise_logps(policy, batch)
+    scores, valid = batch["scores"], batch["valid"]
+    loss, rewards = listwise_loss(loss_names(cfg.loss_type)[0], logps, ref_logps, scores, valid, beta=cfg.beta)
+    lists = scores.shape[0]
+    best = scores.masked_fill(~valid, float("-inf")).argmax(1, keepdim=True)
+    worst = scores.masked_fill(~valid, float("inf")).argmin(1, keepdim=True)
+
+    def best_and_worst(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x.gather(1, best).squeeze(1), x.gather(1, worst).squeeze(1)
+    chosen_rewards, rejected_rewards = best_and_worst(rewards)
+    chosen, rejected = best_and_worst(logps.detach())
+    values = dict(losses=loss.detach().expand(lists), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                  chosen_logps=chosen, rejected_logps=rejected, correct=pair_accuracy(rewards, scores, valid) * lists)
+    return loss * lists / lists_per_micro, values
+
+
 def train(cfg: RunConfig) -> dict:
     with StopRequest() as stop:  # SIGTERM / Ctrl-C: finish the step, save, exit 0
         return _train(cfg, stop)
@@ -132,7 +172,9 @@ def train(cfg: RunConfig) -> dict:
 def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     run = prepare_run(cfg)
     check_data_kind(cfg, run.dataset)
-    data_flags = data_red_flags(run.dataset, run.tokenizer, cfg) if cfg.health and run.rank == 0 else []
+    # the data red flags read pairs' chosen/rejected ids: lists get none
+    data_flags = data_red_flags(run.dataset, run.tokenizer, cfg) if cfg.health and run.rank == 0 and not run.listwise \
+        else []
     for flag in data_flags:
         run.log(f"minidpo: data red flag: {flag}")
     fingerprint, resuming = start_or_resume(run, run.log)  # before the heavy work
@@ -185,7 +227,9 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
                                export=export, rank_state={"metrics": tracker.state_dict(),
                                                           **({"bco": bco.state_dict()} if bco else {})},
                                meta={"fingerprint": fingerprint}, reference=sync)
-    for micro, indices, batch in run.micro_batches(step):
+
+    def pair_micro_step(indices, batch) -> tuple[torch.Tensor, dict]:
+        """A micro-batch of pairs (or KTO's examples): (the loss to backward, the tracker's values)."""
         ref_chosen = ref_rejected = None  # a reference-free loss has none
         if ref_table is not None:
             ref_chosen, ref_rejected = ref_table[indices].to(batch["input_ids"].device).unbind(1)
@@ -215,16 +259,26 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
         loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
+        return loss, dict(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
+                          chosen_logps=chosen, rejected_logps=rejected,
+                          tokens=pair_tokens(run.dataset[i] for i in indices),
+                          positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
+                          aux_loss=0.0 if aux_loss is None else aux_loss.item(), kto=kto,
+                          lengths=(chosen_lengths, rejected_lengths), logratios=None if ref_chosen is None or kto
+                          else (chosen - ref_chosen, rejected - ref_rejected))
+
+    for micro, indices, batch in run.micro_batches(step):
+        if run.listwise:
+            loss, values = listwise_micro_step(cfg, policy, reference, batch, run.pairs_per_micro(step))
+            values.update(tokens=list_tokens(run.dataset[i] for i in indices),
+                          positions=batch["input_ids"].numel(), real_positions=real_tokens(batch), aux_loss=0.0)
+        else:
+            loss, values = pair_micro_step(indices, batch)
         loss = poison_loss(loss, step + 1)  # a test hook; the identity unless MINIDPO_FAULT asks
         policy.backward(loss)
         lr = policy.get_lr()[0]
         guard.step()  # DeepSpeed only updates the weights at the accumulation boundary, and not when non-finite
-        tracker.add_micro_step(losses, chosen_rewards, rejected_rewards, chosen, rejected,
-                               tokens=pair_tokens(run.dataset[i] for i in indices),
-                               positions=batch["input_ids"].numel(), real_positions=real_tokens(batch),
-                               aux_loss=0.0 if aux_loss is None else aux_loss.item(), kto=kto,
-                               lengths=(chosen_lengths, rejected_lengths), logratios=None if ref_chosen is None or kto
-                               else (chosen - ref_chosen, rejected - ref_rejected))
+        tracker.add_micro_step(**values)
         if (micro + 1) % cfg.grad_accum:
             continue
         step += 1

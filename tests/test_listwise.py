@@ -179,10 +179,151 @@ def test_listwise_row_equals_each_answer_as_its_own_sequence_and_the_pairs_as_pa
         torch.testing.assert_close(g, h, atol=1e-5, rtol=1e-3)
 
 
-def test_the_trainer_refuses_listwise_data_instead_of_training_best_vs_worst(tmp_path):
-    from minidpo.data import load_preference_data
+def test_listwise_data_is_tokenized_truncated_and_cached_with_its_scores(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
 
-    path = _write(tmp_path, [{"prompt": "Q", "responses": ["a", "b", "c"], "scores": [1, 2, 0]}])
-    with pytest.raises(DataError, match=r"list\.jsonl:1: a listwise record") as e:
-        load_preference_data(path, None, max_length=64, cache_dir=None, log=None)
+    from minidpo.data import load_preference_data
+    from minidpo.data.listwise import TokenizedList
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = _write(tmp_path, [{"prompt": "Q", "responses": ["a", "bb", "a very long answer " * 20], "scores": [1, 2, 0]},
+                             {"prompt": "R", "responses": ["x", "y"], "ranking": [1, 0]}])
+    for cached in (False, True):
+        ds = load_preference_data(path, tok, max_length=48, max_prompt_length=16, cache_dir=tmp_path / "cache",
+                                  log=None)
+        assert ds.stats.from_cache is cached
+        assert [type(r) for r in ds] == [TokenizedList, TokenizedList]
+        first, second = ds
+        assert [len(a) for a in first.answer_ids][2] == 48 - len(first.prompt_ids)  # cut like a pair's answer
+        assert ds.stats.response_truncated == 1
+        assert first.scores == [1.0, 2.0, 0.0] and second.scores == [0.0, 1.0]
+        pair = load_preference_data(_write(tmp_path, [{"prompt": "Q", "chosen": "bb", "rejected": "a"}], "pair.jsonl"),
+                                    tok, max_length=48, max_prompt_length=16, cache_dir=None, log=None)[0]
+        assert (first.prompt_ids, first.answer_ids[1], first.answer_ids[0]) == \
+            (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids)  # each answer tokenized as a pair's
+        assert ds.lengths[0] == len(first.prompt_ids) + sum(map(len, first.answer_ids))
+        assert ds.labels == [None, None]
+
+
+def test_data_inspect_shows_a_list_with_its_scores(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from minidpo.data.inspect import inspect_report
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    path = _write(tmp_path, [{"prompt": "Q", "responses": ["a", "bb", "c"], "scores": [1, 2.5, 0]}])
+    report, n = inspect_report(path, tok, color=False)
+    assert n == 1
+    assert "format:   listwise" in report and "list 0 (" in report and "3 answers in one row" in report
+    assert "--- answer 1 (score 2.5, " in report
+
+
+def _lists_file(tmp_path, n=24):
+    """n lists of sums: the sum best, a wrong sum next, a refusal last (K = 3 or 4, a tie in the 4-answer ones)."""
+    import random
+
+    rng = random.Random(0)
+    records = []
+    for i in range(n):
+        a, b = rng.randint(1, 99), rng.randint(1, 99)
+        responses = [f"I do not know what {a} + {b} is.", f"{a} + {b} = {a + b}.", f"{a} + {b} = {a + b + 7}."]
+        scores = [0, 2, 1]
+        if i % 2:
+            responses.append(f"I cannot say what {a} + {b} is.")
+            scores.append(0)
+        records.append({"prompt": f"What is {a} + {b}?", "responses": responses, "scores": scores})
+    return str(_write(tmp_path, records, "lists.jsonl"))
+
+
+def _cfg(tmp_path, model, data, **over):
+    import os
+
+    from minidpo.config import RunConfig
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kw = dict(model=model, data=data, output_dir=str(tmp_path / "run"), deepspeed=f"{root}/ds_configs/zero2.json",
+              learning_rate=1e-3, weight_decay=0.1, batch_size=4, epochs=2, log_interval=1, save_interval=0,
+              max_length=64, max_prompt_length=32, beta=0.5, loss_type="listwise_pairs")
+    kw.update(over)
+    return RunConfig(**kw)
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(precompute_ref=True), "--precompute_ref is not supported with loss_type listwise_pairs"),
+    (dict(max_tokens_per_batch=512), "--max_tokens_per_batch is not supported with loss_type listwise_pairs"),
+    (dict(sync_ref_model=True), "--sync_ref_model is not supported with loss_type listwise_pairs"),
+    (dict(loss_type="plackett_luce", ld_alpha=0.5), "ld_alpha only applies to loss_type"),
+    (dict(use_weighting=True), "use_weighting does not apply to loss_type 'listwise_pairs'"),
+    (dict(loss_type="listwise_pairs,sft"), "loss_type listwise_pairs trains on listwise data and takes no other"),
+    (dict(loss_type="plackett_luce,sigmoid"), "loss_type plackett_luce trains on listwise data and takes no other"),
+    (dict(rpo_alpha=1.0), "takes no other term \\(nor rpo_alpha\\)"),
+    (dict(label_smoothing=0.1), "label_smoothing only applies to loss_type"),
+])
+def test_listwise_run_settings_are_one_line_config_errors(tmp_path, tiny_model_dir, over, message):
+    from minidpo.config import validate
+    from minidpo.errors import ConfigError
+
+    data = _lists_file(tmp_path, 2)
+    validate(_cfg(tmp_path, tiny_model_dir, data))
+    validate(_cfg(tmp_path, tiny_model_dir, data, loss_type="plackett_luce"))
+    with pytest.raises(ConfigError, match=message) as e:
+        validate(_cfg(tmp_path, tiny_model_dir, data, **over))
     assert "\n" not in str(e.value)
+
+
+def test_listwise_losses_refuse_pairs_and_pair_losses_refuse_lists_naming_file_and_line(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from minidpo.data import load_preference_data
+    from minidpo.errors import ConfigError
+    from minidpo.train import check_data_kind
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    lists = load_preference_data(_lists_file(tmp_path, 2), tok, max_length=64, cache_dir=None, log=None)
+    pairs = load_preference_data(_write(tmp_path, [{"prompt": "Q", "chosen": "a", "rejected": "b"}], "pairs.jsonl"),
+                                 tok, max_length=64, cache_dir=None, log=None)
+    check_data_kind(_cfg(tmp_path, tiny_model_dir, "x"), lists)
+    check_data_kind(_cfg(tmp_path, tiny_model_dir, "x", loss_type="sigmoid"), pairs)
+    with pytest.raises(ConfigError, match=r"pairs\.jsonl:1: not a listwise record, but loss_type plackett_luce"):
+        check_data_kind(_cfg(tmp_path, tiny_model_dir, "x", loss_type="plackett_luce"), pairs)
+    with pytest.raises(ConfigError, match=r"lists\.jsonl:1: a listwise record .*only loss_type listwise_pairs or "
+                                          "plackett_luce"):
+        check_data_kind(_cfg(tmp_path, tiny_model_dir, "x", loss_type="sigmoid"), lists)
+
+
+def _train(cfg) -> list[dict]:
+    import os
+
+    from minidpo.train import train
+
+    train(cfg)
+    with open(os.path.join(cfg.output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("over", [
+    dict(),  # ZeRO-2, a reference engine
+    dict(lora_r=4, lora_alpha=8.0, dtype="fp32", learning_rate=1e-2),  # the adapter-off reference
+])
+def test_listwise_pairs_trains_on_the_engine(tmp_path, tiny_model_dir, over):
+    rows = _train(_cfg(tmp_path, tiny_model_dir, _lists_file(tmp_path), **over))
+    assert len(rows) == 12  # 24 lists, 4 a step, 2 epochs
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # every ordered pair at policy == reference
+    assert rows[0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    start, end = (sum(r["loss"] for r in part) / 4 for part in (rows[:4], rows[-4:]))
+    assert end < start - 0.02
+    assert sum(r["rewards/chosen"] - r["rewards/rejected"] for r in rows[-4:]) > 0  # best above worst
+    assert sum(r["rewards/accuracies"] for r in rows[-4:]) / 4 > 0.5
+
+
+@pytest.mark.slow
+def test_plackett_luce_starts_at_the_mean_log_k_factorial_and_falls(tmp_path, tiny_model_dir):
+    # one batch of all 8 lists a step (4 of K = 3, 4 of K = 4), 12 steps
+    rows = _train(_cfg(tmp_path, tiny_model_dir, _lists_file(tmp_path, 8), loss_type="plackett_luce", batch_size=8,
+                       epochs=12))
+    assert len(rows) == 12
+    assert rows[0]["loss"] == pytest.approx((4 * math.log(6) + 4 * math.log(24)) / 8, abs=1e-4)
+    start, end = (sum(r["loss"] for r in part) / 4 for part in (rows[:4], rows[-4:]))
+    assert end < start - 0.02

@@ -17,7 +17,7 @@ from minidpo.config.sections import (
     RunConfig,
 )
 from minidpo.errors import ConfigError
-from minidpo.losses import check_kto_settings, check_loss_settings, loss_names, needs_reference
+from minidpo.losses import LISTWISE_LOSSES, check_kto_settings, check_loss_settings, loss_names, needs_reference
 
 def _check_model_path(name: str, path: str, tokenizer: str | None) -> None:
     if path.endswith(".gguf"):  # converted to a Hugging Face folder once, by minidpo.sources
@@ -89,6 +89,7 @@ def _check_loss(cfg) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     _check_kto(cfg)
+    _check_listwise(cfg)
     if isinstance(cfg, ReferenceSettings):
         _check_reference_sync(cfg)
     if not needs_reference(cfg.loss_type):  # nothing would read a reference model
@@ -115,6 +116,22 @@ def _check_kto(cfg) -> None:
     for name, why in unsupported:
         if getattr(cfg, name, None):
             raise ConfigError(f"--{name} is not supported with loss_type kto ({why})")
+
+
+def _check_listwise(cfg) -> None:
+    """listwise_pairs / plackett_luce: the paths their K-answer rows do not take fail here, one line each."""
+    names = [n for n in loss_names(cfg.loss_type) if n in LISTWISE_LOSSES]
+    if not names:
+        return
+    unsupported = (("precompute_ref", "the reference is scored per batch, on the same K-answer rows"),
+                   ("max_tokens_per_batch", "batches are batch_size lists"),
+                   ("sync_ref_model", "TR-DPO is not implemented for it"))
+    for name, why in unsupported:
+        if getattr(cfg, name, None):
+            raise ConfigError(f"--{name} is not supported with loss_type {names[0]} ({why})")
+    if cfg.logps_reduction != "sum":
+        raise ConfigError(f"--logps_reduction {cfg.logps_reduction} is not supported with loss_type {names[0]} "
+                          "(its rewards are summed log-probs)")
 
 
 def _check_reference_sync(cfg) -> None:

@@ -89,9 +89,11 @@ def collate_packed(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_mul
     return {"input_ids": input_ids, "position_ids": position_ids, "segment_ids": segment_ids, "source": source}
 
 
-def padded_length(pair: TokenizedPair, packed: bool) -> int:
+def padded_length(pair: TokenizedPair | TokenizedList, packed: bool) -> int:
     """The row length `pair` needs: prompt + both answers when packed, else prompt + the longer answer.
     Batches are grouped by it, so that little is padded."""
+    if isinstance(pair, TokenizedList):  # one row [prompt, answer_1, ..., answer_K], packed or not
+        return pair.max_length
     if packed:
         return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
     return pair.max_length
@@ -104,7 +106,9 @@ def is_packed(batch: dict) -> bool:
 
 
 def real_tokens(batch: dict) -> int:
-    """Non-padding positions of a batch from collate_pairs or collate_packed."""
+    """Non-padding positions of a batch from collate_pairs, collate_packed or collate_listwise."""
+    if "answer_index" in batch:
+        return int((batch["answer_index"] >= 0).sum())
     if is_packed(batch):
         return int((batch["segment_ids"] != PADDING).sum())
     return int(batch["attention_mask"].sum())

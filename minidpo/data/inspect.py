@@ -11,6 +11,7 @@ from minidpo.errors import DataError
 from .boundary import plain_content, plain_prompt
 from .files import read_tools
 from .formats import iter_pairs
+from .listwise import TokenizedList
 from .tokenize import load_preference_data
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -92,6 +93,8 @@ def inspect_report(
     if s.boundary:
         lines += ["prompt/answer boundary (per file):"] + [f"  {what}: {n} pairs" for what, n in sorted(s.boundary.items())]
     lines += _examples(s.examples)
+    if len(ds) and isinstance(ds[0], TokenizedList):
+        return "\n".join(lines + _listwise_view(ds, tokenizer, index, color)), len(ds)
     lines += ["token lengths (after truncation):"]
     lines += _table({"prompt": [len(p.prompt_ids) for p in ds], "chosen": [len(p.chosen_ids) for p in ds],
                      "rejected": [len(p.rejected_ids) for p in ds], "sequence": ds.lengths}, "tokens")
@@ -106,6 +109,23 @@ def inspect_report(
             lines += [f"--- {name} ({len(ids)} trained tokens, the last {end!r}) ---",
                       _mark(prompt, tokenizer.decode(ids), color)]
     return "\n".join(lines), len(ds)
+
+
+def _listwise_view(ds, tokenizer, index: int, color: bool) -> list[str]:
+    """Listwise data: lengths per prompt, answer and row, and one list's answers with their scores."""
+    lines = ["token lengths (after truncation):"]
+    lines += _table({"prompt": [len(r.prompt_ids) for r in ds], "answer": [len(a) for r in ds for a in r.answer_ids],
+                     "row": ds.lengths}, "tokens")
+    i = min(max(index, 0), len(ds) - 1)
+    r = ds[i]
+    prompt = tokenizer.decode(r.prompt_ids)
+    lines += ["", f"list {i} ({ds.sources[i]}): {len(r.answer_ids)} answers in one row; the prompt "
+              f"({len(r.prompt_ids)} tokens, computed once) is " + ("dimmed" if color else f"inside {OPEN} {CLOSE}")
+              + ": masked out of the loss; the rest is trained."]
+    for k, (ids, score) in enumerate(zip(r.answer_ids, r.scores)):
+        lines += [f"--- answer {k} (score {score:g}, {len(ids)} trained tokens) ---",
+                  _mark(prompt, tokenizer.decode(ids), color)]
+    return lines
 
 
 def _examples(examples: dict) -> list[str]:

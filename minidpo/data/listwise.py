@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from minidpo.errors import DataError, ModelError
+
 from .files import type_name
 from .messages import Record
 
@@ -23,6 +25,11 @@ class TokenizedList:
     prompt_ids: list[int]
     answer_ids: list[list[int]]
     scores: list[float]
+
+    @property
+    def max_length(self) -> int:
+        """The packed row's length, prompt + every answer: what batches are grouped by."""
+        return len(self.prompt_ids) + sum(map(len, self.answer_ids))
 
 
 def is_listwise(record: object) -> bool:
@@ -78,3 +85,34 @@ def _ranking(r: Record, k: int) -> list[float]:
     for position, index in enumerate(ranking):
         scores[index] = float(k - 1 - position)
     return scores
+
+
+def encode_list(enc, item) -> TokenizedList | DataError:
+    """A listwise PreferencePair's ids, each answer tokenized as a pair's answer is (`enc`: a ChatEncoder);
+    a record the chat template refuses comes back as a DataError naming its source."""
+    try:
+        encoded = [enc.encode_prompt_response(item.prompt_messages, answer, item.tools) for answer in item.responses]
+    except DataError as e:
+        return e
+    except ModelError:  # the tokenizer, not the record: stop
+        raise
+    except Exception as e:  # jinja2 TemplateError and friends raised from inside the template
+        return DataError(f"{item.source}: the tokenizer's chat template rejected this conversation: "
+                         f"{type(e).__name__}: {e}", "chat template error")
+    return TokenizedList(encoded[0][0], [ids for _, ids in encoded], list(item.scores))
+
+
+def truncate_list(row: TokenizedList, max_length: int, max_prompt_length: int | None = None):
+    """The pairs' truncation policy on every answer: (row or None, what happened), as `truncate_pair`."""
+    events = set()
+    prompt = row.prompt_ids
+    if max_prompt_length is not None and len(prompt) > max_prompt_length:
+        prompt = prompt[len(prompt) - max_prompt_length:]
+        events.add("prompt_truncated")
+    room = max_length - len(prompt)
+    if room <= 0:
+        return None, {"prompt fills max_length (empty response after truncation)"}
+    answers = [ids[:room] for ids in row.answer_ids]
+    if any(len(a) < len(ids) for a, ids in zip(answers, row.answer_ids)):
+        events.add("response_truncated")
+    return TokenizedList(prompt, answers, row.scores), events

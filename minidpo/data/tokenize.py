@@ -55,9 +55,10 @@ from .boundary import BOUNDARY
 from .chat import ChatEncoder, TokenizedPair
 from .files import data_files, read_tools
 from .formats import PreferencePair, canonical_format, iter_pairs
+from .listwise import TokenizedList, encode_list, truncate_list
 
 DEFAULT_CACHE_DIR = fsutil.cache_dir("data")
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ class DataStats:
 
 
 class PreferenceDataset(Sequence):
-    """A list of TokenizedPair with `.stats` (DataStats), `.sources` ("file.jsonl:12" per pair), `.labels`
+    """A list of TokenizedPair (listwise data: TokenizedList) with `.stats` (DataStats), `.sources`
+    ("file.jsonl:12" per pair), `.labels`
     (an unpaired example's True / False, None for a pair) and `.lengths`."""
 
     def __init__(self, pairs: list[TokenizedPair], stats: DataStats, sources: list[str] | None = None,
@@ -186,12 +188,19 @@ def _cache_key(files: list[str], tokenizer, settings: dict) -> str:
     return h.hexdigest()[:24]
 
 
+def _parts(row) -> list[list[int]]:
+    if isinstance(row, TokenizedList):
+        return [row.prompt_ids, *row.answer_ids]
+    return [row.prompt_ids, row.chosen_ids, row.rejected_ids]
+
+
 def _save_cache(file: str, ds: PreferenceDataset) -> None:
-    lens = np.array([[len(p.prompt_ids), len(p.chosen_ids), len(p.rejected_ids)] for p in ds.pairs],
-                    dtype=np.int64).reshape(-1, 3)
-    ids = np.fromiter((t for p in ds.pairs for part in (p.prompt_ids, p.chosen_ids, p.rejected_ids) for t in part),
-                      dtype=np.int64, count=int(lens.sum()))
-    meta = json.dumps({"stats": asdict(ds.stats), "sources": ds.sources, "labels": ds.labels})
+    """Every row's parts (a pair's 3, a listwise row's 1 + K) as one flat id array with their lengths."""
+    parts = [_parts(p) for p in ds.pairs]
+    lens = np.array([len(part) for row in parts for part in row], dtype=np.int64)
+    ids = np.fromiter((t for row in parts for part in row for t in part), dtype=np.int64, count=int(lens.sum()))
+    scores = [p.scores if isinstance(p, TokenizedList) else None for p in ds.pairs]
+    meta = json.dumps({"stats": asdict(ds.stats), "sources": ds.sources, "labels": ds.labels, "scores": scores})
     with fsutil.atomic_file(file, suffix=".npz") as tmp:
         np.savez(tmp, ids=ids, lens=lens, meta=np.array(meta))
 
@@ -202,10 +211,15 @@ def _load_cache(file: str) -> PreferenceDataset | None:
             ids, lens, meta = z["ids"].tolist(), z["lens"].tolist(), json.loads(str(z["meta"]))
     except (OSError, ValueError, KeyError):
         return None
-    pairs, i = [], 0
-    for a, b, c in lens:
-        pairs.append(TokenizedPair(ids[i:i + a], ids[i + a:i + a + b], ids[i + a + b:i + a + b + c]))
-        i += a + b + c
+    pairs, i, j = [], 0, 0
+    for scores in meta["scores"]:
+        n = 3 if scores is None else 1 + len(scores)
+        parts = []
+        for length in lens[j:j + n]:
+            parts.append(ids[i:i + length])
+            i += length
+        j += n
+        pairs.append(TokenizedPair(*parts) if scores is None else TokenizedList(parts[0], parts[1:], scores))
     stats = DataStats(**meta["stats"])
     stats.from_cache = True
     return PreferenceDataset(pairs, stats, meta["sources"], meta.get("labels"))
@@ -290,10 +304,6 @@ def load_preference_data(
         if isinstance(item, DataError):
             skip(item)
             continue
-        if item.responses is not None:  # never silently trained as a best-vs-worst pair
-            raise DataError(f"{item.source}: a listwise record (K ranked responses): the trainer does not train on "
-                            "listwise data yet (minidpo.listwise_logps and minidpo.losses.listwise hold its "
-                            "forward and losses); split it into chosen/rejected pairs meanwhile", "listwise data")
         good.append(item)
     stats.format = "+".join(formats) or "unknown"
 
@@ -307,7 +317,9 @@ def load_preference_data(
         bar = tqdm(total=len(good), desc=f"tokenizing {os.path.basename(os.fspath(path))}", unit="pair")
     for start in range(0, len(good), chunk):
         batch = good[start:start + chunk]
-        for p, tp in zip(batch, enc.encode_pairs(batch)):
+        encoded = iter(enc.encode_pairs([p for p in batch if p.responses is None]))
+        for p in batch:
+            tp = next(encoded) if p.responses is None else encode_list(enc, p)
             if isinstance(tp, DataError) and tp.reason == BOUNDARY:  # reported per file (enc.notes)
                 stats.dropped[BOUNDARY] = stats.dropped.get(BOUNDARY, 0) + 1
                 stats.examples.setdefault(BOUNDARY, str(tp))
@@ -317,7 +329,8 @@ def load_preference_data(
                 continue
             if p.label is not None:  # an unpaired example: its one completion, no rejected answer
                 tp = TokenizedPair(tp.prompt_ids, tp.chosen_ids, [])
-            tp, events = truncate_pair(tp, max_length, max_prompt_length)
+            truncate = truncate_list if isinstance(tp, TokenizedList) else truncate_pair
+            tp, events = truncate(tp, max_length, max_prompt_length)
             if tp is None:
                 (reason,) = events
                 stats.dropped[reason] = stats.dropped.get(reason, 0) + 1

@@ -127,6 +127,10 @@ def expected_first_loss(cfg) -> float | None:
         return None
     if "kto" in names:  # 0.5 x the label's weight: a mean that depends on the data's share of each label
         return None
+    if "plackett_luce" in names:  # the mean of log K! over the step's lists: it depends on the data's K
+        return None
+    if "listwise_pairs" in names:  # every ordered pair at a zero reward margin
+        return math.log(2)
     zeros, ones = torch.zeros(2), torch.ones(2)
     losses, _, _ = preference_loss(
         zeros, zeros, zeros, zeros, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from minidpo.losses.bco import RunningRewardMean
+from minidpo.losses.listwise import LISTWISE_LOSSES
 from minidpo.losses.settings import F_ALPHA_DEFAULT, NEEDS_LENGTHS, REFERENCE_FREE, UNPAIRED, frozen, loss_terms
 from minidpo.losses.terms import TERMS, Pairs, reference_free_rewards
 
@@ -64,6 +65,9 @@ def preference_loss(
     names = [name for name, _ in terms]
     if "kto" in names:
         raise ValueError("loss_type kto scores unpaired examples: use minidpo.losses.kto_loss, not preference_loss")
+    if set(names) & set(LISTWISE_LOSSES):
+        raise ValueError(f"loss_type {names[0]} scores K ranked answers: use minidpo.losses.listwise_loss, not "
+                         "preference_loss")
     with_reference = [n for n in names if n not in REFERENCE_FREE]
     given = (ref_chosen_logps is not None, ref_rejected_logps is not None)
     if with_reference and not all(given):

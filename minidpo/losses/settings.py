@@ -10,9 +10,13 @@ import functools
 import math
 from collections.abc import Sequence
 
+from minidpo.losses.listwise import LISTWISE_LOSSES
+
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
               "discopop", "bco_pair", "sigmoid_norm", "aot", "aot_unpaired", "simpo", "cpo", "orpo", "sft")
 KTO = "kto"  # not a pairwise loss: unpaired examples, minidpo.losses.kto (preference_loss refuses it)
+# nor these: K ranked answers a row (minidpo.losses.listwise); every loss_type the trainer takes
+TRAINED_ALONE = (KTO, *LISTWISE_LOSSES)
 REFERENCE_FREE = frozenset({"simpo", "cpo", "orpo", "sft"})
 SMOOTHED = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")  # the losses that take label_smoothing
 EXO_DEFAULT_EPS = 1e-3  # EXO's eps when label_smoothing is left at 0 (the paper's value; log eps must be finite)
@@ -26,7 +30,7 @@ F_ALPHA_DEFAULT = 0.5
 # LD-DPO reweights summed log-probs: not the losses on per-token means, nor the NLL term (its mean needs the plain sum)
 LD_LOSSES = tuple(n for n in LOSS_TYPES if n not in REFERENCE_FREE and n not in NEEDS_LENGTHS)
 # their losses[i] is a quantile's term (aot) or an unpaired example's (kto), not pair i's: no per-pair weight fits
-UNPAIRED = ("aot", "aot_unpaired", "kto")
+UNPAIRED = ("aot", "aot_unpaired", "kto", *LISTWISE_LOSSES)
 
 
 def loss_names(loss_type: str | Sequence[str]) -> list[str]:
@@ -34,7 +38,7 @@ def loss_names(loss_type: str | Sequence[str]) -> list[str]:
     names = loss_type.split(",") if isinstance(loss_type, str) else list(loss_type)
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
-        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES + (KTO,))}")
+        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES + TRAINED_ALONE)}")
     return names
 
 
@@ -99,12 +103,15 @@ def loss_terms(loss_type, beta, label_smoothing, rpo_alpha, loss_weights, simpo_
     """check_loss_settings on hashable settings (see `frozen`), validated once per distinct settings."""
     names = loss_names(loss_type)
     for name in names:
-        if name not in LOSS_TYPES and name != KTO:
-            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES + (KTO,))}")
+        if name not in LOSS_TYPES + TRAINED_ALONE:
+            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES + TRAINED_ALONE)}")
     if len(set(names)) < len(names):
         raise ValueError(f"loss_type {loss_type!r} names a loss twice")
     if KTO in names and (len(names) > 1 or rpo_alpha):  # its rows are single completions, not pairs
         raise ValueError("loss_type kto trains on unpaired examples and takes no other term (nor rpo_alpha)")
+    for name in set(names) & set(LISTWISE_LOSSES):
+        if len(names) > 1 or rpo_alpha:  # its rows are K ranked answers, not pairs
+            raise ValueError(f"loss_type {name} trains on listwise data and takes no other term (nor rpo_alpha)")
     preference = [n for n in names if n != "sft"]
     if not preference:
         raise ValueError("loss_type 'sft' is only the NLL term of a mix: add a preference loss, e.g. sigmoid,sft")
