@@ -102,16 +102,24 @@ def encode_list(enc, item) -> TokenizedList | DataError:
     return TokenizedList(encoded[0][0], [ids for _, ids in encoded], list(item.scores))
 
 
+PROMPT_FILLS = "prompt fills max_length (empty response after truncation)"
+
+
+def cut_prompt(prompt_ids: list[int], max_length: int, max_prompt_length: int | None, events: set):
+    """The prompt side of the truncation policy, shared by pairs and lists: (prompt keeping its end,
+    room left for each answer); adds "prompt_truncated" to `events` when the prompt was cut."""
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length:]
+        events.add("prompt_truncated")
+    return prompt_ids, max_length - len(prompt_ids)
+
+
 def truncate_list(row: TokenizedList, max_length: int, max_prompt_length: int | None = None):
     """The pairs' truncation policy on every answer: (row or None, what happened), as `truncate_pair`."""
     events = set()
-    prompt = row.prompt_ids
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[len(prompt) - max_prompt_length:]
-        events.add("prompt_truncated")
-    room = max_length - len(prompt)
+    prompt, room = cut_prompt(row.prompt_ids, max_length, max_prompt_length, events)
     if room <= 0:
-        return None, {"prompt fills max_length (empty response after truncation)"}
+        return None, {PROMPT_FILLS}
     answers = [ids[:room] for ids in row.answer_ids]
     if any(len(a) < len(ids) for a, ids in zip(answers, row.answer_ids)):
         events.add("response_truncated")

@@ -55,7 +55,7 @@ from .boundary import BOUNDARY
 from .chat import ChatEncoder, TokenizedPair
 from .files import data_files, read_tools
 from .formats import PreferencePair, canonical_format, iter_pairs
-from .listwise import TokenizedList, encode_list, truncate_list
+from .listwise import PROMPT_FILLS, TokenizedList, cut_prompt, encode_list, truncate_list
 
 DEFAULT_CACHE_DIR = fsutil.cache_dir("data")
 CACHE_VERSION = 4
@@ -71,13 +71,9 @@ def truncate_pair(pair: TokenizedPair, max_length: int, max_prompt_length: int |
     what_happened is a set of "prompt_truncated", "response_truncated", or a drop reason string.
     """
     events = set()
-    prompt = pair.prompt_ids
-    if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = prompt[len(prompt) - max_prompt_length:]
-        events.add("prompt_truncated")
-    room = max_length - len(prompt)
+    prompt, room = cut_prompt(pair.prompt_ids, max_length, max_prompt_length, events)
     if room <= 0:
-        return None, {"prompt fills max_length (empty response after truncation)"}
+        return None, {PROMPT_FILLS}
     chosen, rejected = pair.chosen_ids[:room], pair.rejected_ids[:room]
     if len(chosen) < len(pair.chosen_ids) or len(rejected) < len(pair.rejected_ids):
         events.add("response_truncated")
