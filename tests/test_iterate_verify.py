@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ENGLISH = ("The sun is a star at the centre of our solar system. It gives the planets light and warmth, "
            "and life on Earth depends on its energy every single day.")
 
+LISTED = "Planets orbit the Sun. Some have rings!\n\n1. Mercury is the closest.\n2. Is Pluto a planet? No."
+
 
 # ------------------------------------------------------------------------------- the edits, pure strings
 @pytest.mark.parametrize("instruction_id, kwargs, answer, edit", [
@@ -42,6 +44,14 @@ ENGLISH = ("The sun is a star at the centre of our solar system. It gives the pl
     ("detectable_format:title", {}, "?!", E.prepend_title),
     ("keywords:forbidden_words", {"forbidden_words": ["apple", "pear"]}, "An Apple and a pear, or an apple pie.",
      lambda r: E.remove_words(r, ["apple", "pear"])),
+    ("detectable_format:number_bullet_lists", {"num_bullets": 2}, LISTED, lambda r: E.bullet_list(r, 2)),
+    ("length_constraints:number_paragraphs", {"num_paragraphs": 3}, LISTED, lambda r: E.divide_paragraphs(r, 3)),
+    ("detectable_format:number_highlighted_sections", {"num_highlights": 2}, LISTED,
+     lambda r: E.highlight_sentences(r, 2)),
+    ("combination:two_responses", {}, LISTED, E.split_in_two),
+    ("combination:repeat_prompt", {"prompt_to_repeat": "Tell me about the Sun, briefly."}, ENGLISH,
+     lambda r: E.repeat_request(r, "Tell me about the Sun, briefly.")),
+    ("detectable_format:json_format", {}, 'He said "hi".\nThen left.', E.wrap_in_json),
 ])
 def test_each_edit_fixes_its_kind(instruction_id, kwargs, answer, edit):
     assert not check(instruction_id, kwargs, answer)
@@ -58,6 +68,23 @@ def test_edit_details():
     assert E.append_end_phrase("Done.  \n", "Bye.") == "Done. Bye."
     assert E.append_postscript("Hi.", "P.S.") == f"Hi.\n\nP.S. {E.POSTSCRIPT_TEXT}"
     assert E.wrap_in_quotes(" a ") == '"a"'
+    # the layout edits rebuild the answer from its sentences, list markers dropped, groups near-equal in size
+    assert E.sentences(LISTED) == ["Planets orbit the Sun.", "Some have rings!", "Mercury is the closest.",
+                                   "Is Pluto a planet?", "No."]
+    assert E.bullet_list(LISTED, 2) == "* Planets orbit the Sun. Some have rings! Mercury is the closest.\n" \
+                                       "* Is Pluto a planet? No."
+    assert E.divide_paragraphs("A. B. C.", 2) == "A. B.\n\n***\n\nC."
+    assert E.highlight_sentences("A *b* c. D.", 1) == "*A b c.* D."
+    assert E.split_in_two("One. Two. Three.") == f"One. Two.\n\n{E.RESPONSES_SEPARATOR}\n\nThree."
+    assert json.loads(E.wrap_in_json(' say "x" ')) == {"answer": 'say "x"'}
+
+
+def test_a_layout_edit_gives_up_on_too_few_sentences():
+    for instruction_id, kwargs in [("detectable_format:number_bullet_lists", {"num_bullets": 3}),
+                                   ("length_constraints:number_paragraphs", {"num_paragraphs": 4}),
+                                   ("combination:two_responses", {}),
+                                   ("detectable_format:number_highlighted_sections", {"num_highlights": 3})]:
+        assert E.edit_answer("Just one sentence here.", [(instruction_id, kwargs)]) == ("Just one sentence here.", [])
 
 
 def test_several_edits_together_and_kinds_without_an_edit():

@@ -10,6 +10,15 @@ verifier, run again, says the prompt's score rose (minidpo.iterate.verify).
     append_postscript    detectable_content:postscript    "<marker> I hope this helps." appended
     prepend_title        detectable_format:title          <<Title>> from the answer's first words
     remove_words         keywords:forbidden_words         the words removed (whole words, any case)
+    bullet_list          detectable_format:number_bullet_lists    the sentences grouped into N "* " bullets
+    divide_paragraphs    length_constraints:number_paragraphs     ... into N paragraphs between *** dividers
+    highlight_sentences  detectable_format:number_highlighted_sections  N sentences *highlighted*
+    split_in_two         combination:two_responses        the answer's halves between ****** (two answers)
+    repeat_request       combination:repeat_prompt        the request, word for word, before the answer
+    wrap_in_json         detectable_format:json_format    {"answer": the answer} as JSON
+
+The layout edits (the first four) rebuild the answer from its sentences, so they run first; they give up
+(return the answer unchanged, which the verifier then rejects) when it has fewer sentences than needed.
 
 `edit_answer` applies, in an order where a later edit rarely undoes an earlier one (appends before the
 case, quotes last), the edit of each instruction the answer edited so far does not follow.
@@ -17,6 +26,7 @@ case, quotes last), the edit of each instruction the answer edited so far does n
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 
@@ -25,6 +35,9 @@ from minidpo.verify import check
 POSTSCRIPT_TEXT = "I hope this helps."
 TITLE_WORDS = 4  # a title made of the answer's first words
 _WORD = re.compile(r"[A-Za-z0-9']+")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_LINE_MARKER = re.compile(r"^\s*(?:[*\-+]|\d{1,2}[.)])\s+", re.MULTILINE)  # list markers, dropped when rebuilding
+RESPONSES_SEPARATOR = "******"
 
 
 def lowercase(response: str) -> str:
@@ -66,16 +79,72 @@ def remove_words(response: str, words: list[str]) -> str:
     return re.sub(r"[ \t]+([.,;:!?])", r"\1", response)
 
 
+def sentences(response: str) -> list[str]:
+    """The answer's sentences for the layout edits: list markers and line breaks dropped, cut after . ! ?"""
+    flat = " ".join(_LINE_MARKER.sub("", response).split())
+    return [s for s in _SENTENCE_END.split(flat) if s.strip("*# ")]
+
+
+def _groups(items: list[str], n: int) -> list[str] | None:
+    """`items` joined into n consecutive groups of near-equal size; None when there are fewer than n."""
+    if n < 1 or len(items) < n:
+        return None
+    size, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        end = start + size + (i < extra)
+        out.append(" ".join(items[start:end]))
+        start = end
+    return out
+
+
+def bullet_list(response: str, n: int) -> str:
+    groups = _groups([s.replace("*", "") for s in sentences(response)], n)
+    return response if groups is None else "\n".join(f"* {g}" for g in groups)
+
+
+def divide_paragraphs(response: str, n: int) -> str:
+    groups = _groups([s.replace("*", "") for s in sentences(response)], n)
+    return response if groups is None else "\n\n***\n\n".join(groups)
+
+
+def highlight_sentences(response: str, n: int) -> str:
+    """The answer's first n sentences wrapped in *...*, on one line, the rest as they are."""
+    parts = [s.replace("*", "") for s in sentences(response)]
+    if len(parts) < n:
+        return response
+    return " ".join([f"*{s}*" for s in parts[:n]] + parts[n:])
+
+
+def split_in_two(response: str) -> str:
+    halves = _groups(sentences(response), 2)
+    return response if halves is None else f"{halves[0]}\n\n{RESPONSES_SEPARATOR}\n\n{halves[1]}"
+
+
+def repeat_request(response: str, request: str) -> str:
+    return f"{request.strip()}\n\n{response.lstrip()}"
+
+
+def wrap_in_json(response: str) -> str:
+    return json.dumps({"answer": response.strip()}, ensure_ascii=False, indent=2)
+
+
 # instruction id -> edit(response, kwargs), in the order edit_answer applies them
 EDITS: dict[str, Callable[[str, dict], str]] = {
+    "detectable_format:number_bullet_lists": lambda r, kw: bullet_list(r, int(kw["num_bullets"])),
+    "length_constraints:number_paragraphs": lambda r, kw: divide_paragraphs(r, int(kw["num_paragraphs"])),
+    "combination:two_responses": lambda r, kw: split_in_two(r),
+    "detectable_format:number_highlighted_sections": lambda r, kw: highlight_sentences(r, int(kw["num_highlights"])),
     "keywords:forbidden_words": lambda r, kw: remove_words(r, kw["forbidden_words"]),
     "detectable_format:title": lambda r, kw: prepend_title(r),
     "detectable_content:postscript": lambda r, kw: append_postscript(r, kw["postscript_marker"]),
     "startend:end_checker": lambda r, kw: append_end_phrase(r, kw["end_phrase"]),
     "punctuation:no_comma": lambda r, kw: remove_commas(r),
+    "combination:repeat_prompt": lambda r, kw: repeat_request(r, kw["prompt_to_repeat"]),
     "change_case:english_lowercase": lambda r, kw: lowercase(r),
     "change_case:english_capital": lambda r, kw: uppercase(r),
     "startend:quotation": lambda r, kw: wrap_in_quotes(r),
+    "detectable_format:json_format": lambda r, kw: wrap_in_json(r),
 }
 
 
@@ -87,6 +156,8 @@ def edit_answer(response: str, instructions: list[tuple[str, dict]]) -> tuple[st
     edited = []
     for instruction_id, edit in EDITS.items():
         if instruction_id in wanted and not check(instruction_id, wanted[instruction_id], response):
-            response = edit(response, wanted[instruction_id])
-            edited.append(instruction_id)
+            changed = edit(response, wanted[instruction_id])
+            if changed != response:  # a layout edit gives up on an answer with too few sentences
+                response = changed
+                edited.append(instruction_id)
     return response, edited
