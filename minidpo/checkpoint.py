@@ -192,9 +192,13 @@ def save_failed(path: str, error: OSError, previous: str | None) -> FaultError:
 # --- resume fingerprint ------------------------------------------------------------------------------
 
 def content_hash(path: str | None) -> str | None:
-    """sha256 of a file's bytes, or of a folder's relative file names and bytes."""
+    """sha256 of a file's bytes, or of a folder's relative file names and bytes; of each part's, for a
+    comma-separated --data list (minidpo.data.files.data_files)."""
     if path is None:
         return None
+    if "," in path and not os.path.exists(path):
+        parts = [content_hash(part.strip()) or "" for part in path.split(",") if part.strip()]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     h = hashlib.sha256()
     files = [path] if os.path.isfile(path) else sorted(
         os.path.join(d, f) for d, _, names in os.walk(path) for f in names)

@@ -40,7 +40,9 @@ def _add_data_command(subparsers) -> None:
     p.add_argument("--max_prompt_length", type=int, default=None, help="most prompt tokens (default: no limit)")
     p.add_argument("--data_format", default="auto",
                    help="auto (default), prompt, messages (MiniMind / TRL implicit), sharegpt, alpaca, trl, "
-                   "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized), openai (OpenAI preference records)")
+                   "hh (Anthropic HH-RLHF), ultrafeedback (UltraFeedback-binarized), openai (OpenAI preference records), "
+                   "unpaired (KTO), listwise (K ranked answers), ultrafeedback_ratings / ultrafeedback_overall "
+                   "(UltraFeedback's completions with ratings)")
     p.add_argument("--chat_template", choices=CHAT_TEMPLATES, default="auto",
                    help="auto (default): the model's chat template; none: raw prompt + answer + EOS (string data)")
     p.add_argument("--enable_thinking", choices=("true", "false"), default=None,

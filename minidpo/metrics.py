@@ -34,8 +34,16 @@ PAIR_MEANS = {
 HEALTH_KEYS = ["ref_pairs", "chosen_logratio_tok", "chosen_drift_tok", "correct_tok"]
 # KTO (unpaired examples): the desirable and undesirable examples, and the KL reference point summed per micro-step
 KTO_KEYS = ["desirable", "undesirable", "kl"]
+# every row (pairs and unpaired examples): the run's loss is their mean; then the unpaired examples' own sums,
+# kept apart from the pairs' when a run trains both (loss_type sigmoid,kto). Last: older checkpoints lack them
+ROW_KEYS = ["rows", "rows_loss"]
+UNPAIRED_KEYS = ["kto_micro_steps", "kto_loss", "kto_correct", "desirable_reward", "undesirable_reward",
+                 "desirable_logps", "undesirable_logps"]
+# listwise rows: Kendall tau and NDCG of the implicit rewards against the scores, summed over the rows where
+# they are defined (not NaN: at step 0 every reward ties), and those rows counted
+RANKING_KEYS = ["tau_sum", "tau_rows", "ndcg_sum", "ndcg_rows"]
 _KEYS = ["pairs", "tokens", "positions", "real_positions", "aux_loss", "micro_steps", *PAIR_MEANS.values(),
-         *HEALTH_KEYS, *KTO_KEYS]
+         *HEALTH_KEYS, *KTO_KEYS, *ROW_KEYS, *UNPAIRED_KEYS, *RANKING_KEYS]
 
 
 def peak_memory_gb() -> float:
@@ -53,10 +61,13 @@ def progress(iterable, *, total: int | None = None, desc: str, enabled: bool = T
 
 class MetricTracker:
     def __init__(self, output_dir: str, total_steps: int, rank: int, *, start_step: int = 0, tensorboard: bool = True,
-                 health=None, trackers: list | None = None):
+                 health=None, trackers: list | None = None, kto_alone: bool = False):
         """health: a minidpo.health.HealthMonitor (rank 0; None: no checks); trackers: the other backends of
-        minidpo.trackers (rank 0), sent the same scalars and the health warnings."""
+        minidpo.trackers (rank 0), sent the same scalars and the health warnings. kto_alone: loss_type kto
+        without pairwise terms, whose examples are also logged under the pair names (rewards/chosen: the
+        desirable ones'...), as TRL's KTOTrainer does; with pairwise terms they go under kto/* only."""
         self.rank = rank
+        self.kto_alone = kto_alone
         self.step = start_step
         self.first = None  # optimizer step 1's own sums, until logged: the health checks' first loss
         self.health, self.trackers = health, trackers or []
@@ -82,41 +93,58 @@ class MetricTracker:
 
     def add_micro_step(self, losses, chosen_rewards, rejected_rewards, chosen_logps, rejected_logps, tokens, aux_loss,
                        positions: int = 0, real_positions: int = 0, logratios=None, lengths=None, kto=None,
-                       correct=None):
+                       correct=None, ranking=None):
         """Record one micro-batch (tensors of shape (B,) on any device). `tokens`: the pairs' prompt+answer
         tokens (prompt counted per answer); `positions` / `real_positions`: what the forward computed,
         with and without padding. For the health checks: `logratios`, the (chosen, rejected) log pi - log ref
         (None without a reference), and `lengths`, what makes them per token (ones for per-token means).
         KTO: `kto` = (labels (B,) bool, the KL reference point); the rewards and log-probs are then each
         example's, chosen_* the desirable ones' (0 elsewhere) and rejected_* the undesirable ones', so
-        rewards/accuracies is the share of examples whose reward has their label's sign.
+        kto/accuracies (with kto_alone, rewards/accuracies) is the share of examples whose reward has their
+        label's sign. A micro-batch is all pairs or all unpaired examples.
         Listwise rows: `correct` = the micro-batch's ordered-pair accuracy x its lists (B,) (chosen_* the best
-        answer's, rejected_* the worst's), so rewards/accuracies is the lists' mean pair accuracy."""
-        on_device = {
-            "loss": losses.detach().sum(),
-            "chosen_reward": chosen_rewards.sum(),
-            "rejected_reward": rejected_rewards.sum(),
-            "correct": (chosen_rewards > rejected_rewards).sum() if correct is None else correct,
-            "margin": (chosen_rewards - rejected_rewards).sum(),
-            "chosen_logps": chosen_logps.detach().sum(),
-            "rejected_logps": rejected_logps.detach().sum(),
-        }
+        answer's, rejected_* the worst's), so rewards/accuracies is the lists' mean pair accuracy; `ranking` =
+        (Kendall tau, NDCG) per list (B,), NaN where undefined, logged as listwise/kendall_tau, listwise/ndcg."""
+        loss = losses.detach().sum()
+        on_device = {"rows_loss": loss}
+        as_pairs = kto is None or self.kto_alone  # logged under the pair names
+        if as_pairs:
+            on_device.update({
+                "loss": loss,
+                "chosen_reward": chosen_rewards.sum(),
+                "rejected_reward": rejected_rewards.sum(),
+                "correct": (chosen_rewards > rejected_rewards).sum() if correct is None else correct,
+                "margin": (chosen_rewards - rejected_rewards).sum(),
+                "chosen_logps": chosen_logps.detach().sum(),
+                "rejected_logps": rejected_logps.detach().sum(),
+            })
         if logratios is not None:
             chosen, rejected = (r.detach().double() / n for r, n in zip(logratios, lengths))
             on_device.update(chosen_logratio_tok=chosen.sum(), chosen_drift_tok=chosen.abs().sum(),
                              correct_tok=(chosen > rejected).sum())
+        if ranking is not None:
+            for name, per_row in zip(("tau", "ndcg"), ranking):
+                defined = ~torch.isnan(per_row)
+                on_device.update({f"{name}_sum": per_row.detach().double().nan_to_num().sum(),
+                                  f"{name}_rows": defined.sum()})
         if kto is not None:
             labels, kl = kto
             on_device.update(desirable=labels.sum(), undesirable=(~labels).sum(),
-                             kl=torch.as_tensor(kl, device=labels.device))
+                             kl=torch.as_tensor(kl, device=labels.device), kto_loss=loss,
+                             kto_correct=(chosen_rewards > rejected_rewards).sum(),
+                             desirable_reward=chosen_rewards.sum(), undesirable_reward=rejected_rewards.sum(),
+                             desirable_logps=chosen_logps.detach().sum(),
+                             undesirable_logps=rejected_logps.detach().sum())
         values = dict(zip(on_device, torch.stack([v.double() for v in on_device.values()]).tolist()))  # one copy
         values.update({
-            "pairs": losses.numel(),
+            "rows": losses.numel(),
+            "pairs": losses.numel() if as_pairs else 0,
             "tokens": tokens,
             "positions": positions,
             "real_positions": real_positions,
             "aux_loss": float(aux_loss) * losses.numel(),
             "micro_steps": 1,
+            "kto_micro_steps": int(kto is not None),
             "ref_pairs": losses.numel() if logratios is not None else 0,
         })
         self.window += torch.tensor([float(values.get(k, 0.0)) for k in _KEYS], dtype=torch.float64)
@@ -156,28 +184,28 @@ class MetricTracker:
             return None
         s = dict(zip(_KEYS, sums.tolist()))
         first_step = None if first is None else dict(zip(_KEYS, sums[len(_KEYS):].tolist()))
+        rows = s["rows"]  # pairs and unpaired examples
         for key in self.totals:
-            self.totals[key] += s[key]
-        pairs = max(s["pairs"], 1.0)
-        row = {name: s[key] / pairs for name, key in PAIR_MEANS.items()} if s["pairs"] else {}
-        if s["desirable"] + s["undesirable"]:  # KTO: the means over each label's examples
-            for side, count in (("chosen", "desirable"), ("rejected", "undesirable")):
-                n = max(s[count], 1.0)
-                row.update({f"rewards/{side}": s[f"{side}_reward"] / n, f"logps/{side}": s[f"{side}_logps"] / n})
-            row["kl"] = s["kl"] / max(s["micro_steps"], 1.0)
-            row["kto/desirable_share"] = s["desirable"] / (s["desirable"] + s["undesirable"])
+            self.totals[key] += rows if key == "pairs" else s[key]
+        row = {name: s[key] / s["pairs"] for name, key in PAIR_MEANS.items()} if s["pairs"] else {}
+        if rows:
+            row["loss"] = s["rows_loss"] / rows  # what the steps minimise: the mean over all their rows
+        row.update(self._unpaired_means(s))
+        for name, key in (("tau", "listwise/kendall_tau"), ("ndcg", "listwise/ndcg")):
+            if s[f"{name}_rows"]:
+                row[key] = s[f"{name}_sum"] / s[f"{name}_rows"]
         row["learning_rate"] = self.lr
-        if s["pairs"]:  # else every step of the interval was skipped (non-finite): nothing was measured
+        if rows:  # else every step of the interval was skipped (non-finite): nothing was measured
             row.update({
                 "perf/tokens_per_s": s["tokens"] / elapsed,
-                "perf/pairs_per_s": s["pairs"] / elapsed,
+                "perf/pairs_per_s": rows / elapsed,
                 "perf/padding": 1.0 - s["real_positions"] / max(s["positions"], 1.0),
             })
         row["memory/peak_gb"] = peak
         if grad_norms:
             row["grad_norm"] = sum(grad_norms) / len(grad_norms)
         if s["aux_loss"]:
-            row["aux_loss"] = s["aux_loss"] / pairs
+            row["aux_loss"] = s["aux_loss"] / max(rows, 1.0)
         row["train/skipped_steps"] = self.skipped_steps
         warnings = {}
         if self.health is not None:
@@ -194,7 +222,29 @@ class MetricTracker:
         self.jsonl.write(json.dumps({"step": step, **row}) + "\n")
         self.jsonl.flush()
         if "loss" in row:
-            self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{row['rewards/accuracies']:.2f}", lr=f"{self.lr:.2e}")
+            accuracy = row.get("rewards/accuracies", row.get("kto/accuracies"))
+            self.bar.set_postfix(loss=f"{row['loss']:.4f}", acc=f"{accuracy:.2f}", lr=f"{self.lr:.2e}")
+        return row
+
+    def _unpaired_means(self, s: dict) -> dict:
+        """KTO's scalars over the interval's unpaired examples: kl (the mean reference point of their
+        micro-steps), kto/desirable_share, and each label's mean reward and log-prob: under rewards/chosen,
+        rewards/rejected, logps/* with kto_alone, else (the pair names are the pairs') under kto/*."""
+        examples = s["desirable"] + s["undesirable"]
+        if not examples:
+            return {}
+        row = {"kl": s["kl"] / max(s["kto_micro_steps"], 1.0), "kto/desirable_share": s["desirable"] / examples}
+        if self.kto_alone:
+            for side, label in (("chosen", "desirable"), ("rejected", "undesirable")):
+                n = max(s[label], 1.0)
+                row.update({f"rewards/{side}": s[f"{label}_reward"] / n, f"logps/{side}": s[f"{label}_logps"] / n})
+            return row
+        row.update({"kto/loss": s["kto_loss"] / examples, "kto/accuracies": s["kto_correct"] / examples,
+                    "kto/unpaired_share": examples / max(s["rows"], 1.0)})
+        for label in ("desirable", "undesirable"):
+            if s[label]:
+                row.update({f"kto/rewards/{label}": s[f"{label}_reward"] / s[label],
+                            f"kto/logps/{label}": s[f"{label}_logps"] / s[label]})
         return row
 
     def _warn(self, step: int, warnings: dict) -> None:

@@ -92,13 +92,26 @@ class Run:
         """A rank's micro-batches (pair indices) of one epoch: length-grouped by what a batch pads
         (packed rows are prompt + both answers long, plain rows prompt + the longer answer)."""
         return self.batching.epoch_micro_batches(self.lengths(self.packed), self.lengths(True), epoch,
-                                                 self.rank if rank is None else rank, self.world_size)
+                                                 self.rank if rank is None else rank, self.world_size, self.kinds)
 
     @property
     def kto(self) -> bool:
-        """Unpaired examples (loss_type kto): each batch also scores its mismatched prompt-completion pairs."""
+        """Unpaired examples (loss_type kto, alone or with pairwise terms: sigmoid,kto): each batch of them
+        also scores its mismatched prompt-completion pairs."""
         loss_type = getattr(self.cfg, "loss_type", None)  # SFT runs have none
         return loss_type is not None and "kto" in loss_names(loss_type)
+
+    @property
+    def kinds(self) -> list[str] | None:
+        """Each row's kind when the loss takes unpaired examples (and maybe pairs): a micro-step, on every
+        rank, is all pairs or all unpaired examples (minidpo.data.plan.batch_plan), so that it runs one path."""
+        if not self.kto:
+            return None
+        return ["pairs" if label is None else "unpaired examples" for label in self.dataset.labels]
+
+    def unpaired(self, indices) -> bool:
+        """A micro-batch of unpaired examples (KTO's), not of pairs: micro-batches hold one kind."""
+        return self.kto and self.dataset.labels[indices[0]] is not None
 
     @property
     def listwise(self) -> bool:
@@ -106,10 +119,11 @@ class Run:
         loss_type = getattr(self.cfg, "loss_type", None)
         return loss_type is not None and any(n in LISTWISE_LOSSES for n in loss_names(loss_type))
 
-    def collate(self, pairs):
+    def collate(self, indices):
+        pairs = [self.dataset[i] for i in indices]
         if self.listwise:
             return collate_listwise(pairs, self.tokenizer.pad_token_id)
-        if self.kto:
+        if self.unpaired(indices):
             pairs = kto_pairs(pairs, self.cfg.max_length)
         return (collate_packed if self.packed else collate_pairs)(pairs, self.tokenizer.pad_token_id)
 
@@ -123,7 +137,7 @@ class Run:
             plan = self.epoch_plan(epoch)[:self.steps_per_epoch * cfg.grad_accum]
             first = (step - epoch * self.steps_per_epoch) * cfg.grad_accum
             for micro, indices in enumerate(plan[first:], start=first):
-                batch = self.collate([self.dataset[i] for i in indices])
+                batch = self.collate(indices)
                 yield micro, indices, {k: v.to(dev) for k, v in batch.items()}
             step = (epoch + 1) * self.steps_per_epoch
 
@@ -156,8 +170,9 @@ class Run:
         return sorted(used)
 
 
-def prepare_run(cfg) -> Run:
-    """Check, start the process group, resolve the DeepSpeed config, load the tokenizer and the data."""
+def prepare_run(cfg, check_data: Callable | None = None) -> Run:
+    """Check, start the process group, resolve the DeepSpeed config, load the tokenizer and the data;
+    `check_data(cfg, dataset)` checks its rows' kinds before the step plan, which depends on them."""
     check_settings(cfg)
     rank, world_size = setup_distributed(cfg.dist_timeout)
     resolve_model_sources(cfg, rank)
@@ -167,6 +182,8 @@ def prepare_run(cfg) -> Run:
     torch.manual_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     dataset = load_data(cfg, tokenizer, rank, log)
+    if check_data is not None:
+        check_data(cfg, dataset)
     run = Run(cfg, rank, world_size, ds_config, tokenizer, dataset, 0, 0, log)
     try:
         micro_per_epoch = len(run.epoch_plan(0))

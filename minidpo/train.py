@@ -35,6 +35,8 @@ from minidpo.losses import (
     pair_accuracy,
     preference_loss,
 )
+from minidpo.losses.listwise import kendall_tau, ndcg
+from minidpo.losses.settings import split_kto
 from minidpo.metrics import MetricTracker
 from minidpo.models import load_causal_lm
 from minidpo.moe import RouterLoss, sums_over_layers
@@ -112,10 +114,11 @@ def bco_running_mean(cfg: RunConfig, world_size: int) -> RunningRewardMean | Non
 
 
 def check_data_kind(cfg: RunConfig, dataset) -> None:
-    """Pairs for the pairwise losses, unpaired examples for kto, lists for the listwise losses: the first
-    record of another kind fails."""
+    """Pairs for the pairwise losses, unpaired examples for kto, both for a mix (sigmoid,kto), lists for the
+    listwise losses: the first record of another kind fails."""
     names = loss_names(cfg.loss_type)
     kto, listwise = "kto" in names, bool(set(names) & set(LISTWISE_LOSSES))
+    pairwise = [n for n in names if n != "kto"]
     for source, label, row in zip(dataset.sources, dataset.labels, dataset):
         if listwise and not isinstance(row, TokenizedList):
             raise ConfigError(f"{source}: not a listwise record, but loss_type {names[0]} trains on K ranked "
@@ -123,23 +126,24 @@ def check_data_kind(cfg: RunConfig, dataset) -> None:
         if not listwise and isinstance(row, TokenizedList):
             raise ConfigError(f"{source}: a listwise record (K ranked responses): only loss_type "
                               f"{' or '.join(LISTWISE_LOSSES)} trains on those")
-        if kto and label is None:
-            raise ConfigError(f"{source}: a preference pair, but loss_type kto trains on unpaired examples only "
-                              "(pairs and unpaired examples in one run are not supported)")
+        if kto and not pairwise and label is None:
+            raise ConfigError(f"{source}: a preference pair, but loss_type kto trains on unpaired examples only; "
+                              "to train pairs and unpaired examples in one run: --loss_type sigmoid,kto")
         if not kto and label is not None:
             raise ConfigError(f"{source}: an unpaired example (prompt/completion/label): only loss_type kto "
-                              "trains on those")
+                              f"trains on those; to train them with the pairs: --loss_type {','.join(names)},kto")
 
 
-def kto_micro_step(cfg: RunConfig, labels: list[bool], logps, ref_logps, reduce):
-    """KTO's (losses, rewards, labels tensor, KL reference point) of a micro-batch from `kto_pairs` rows:
-    logps, ref_logps = (matched, mismatched) log-probs of the policy and of the reference."""
+def kto_micro_step(cfg: RunConfig, labels: list[bool], logps, ref_logps, reduce, weight: float = 1.0):
+    """KTO's (losses x `weight`, its loss_weights entry; rewards, labels tensor, KL reference point) of a
+    micro-batch from `kto_pairs` rows: logps, ref_logps = (matched, mismatched) log-probs of the policy and
+    of the reference."""
     labels = torch.tensor(labels, dtype=torch.bool, device=logps[0].device)
     fixed = kto_kl_value(cfg.kto_kl)
     kl = batch_kl(logps[1], ref_logps[1], reduce) if fixed is None else torch.tensor(fixed, device=labels.device)
     losses, rewards = kto_loss(logps[0], ref_logps[0], labels, kl, beta=cfg.beta, desirable_weight=cfg.desirable_weight,
                                undesirable_weight=cfg.undesirable_weight)
-    return losses, rewards, labels, kl
+    return losses * weight, rewards, labels, kl
 
 
 def listwise_micro_step(cfg: RunConfig, policy, reference, batch: dict, lists_per_micro: float):
@@ -160,7 +164,8 @@ def listwise_micro_step(cfg: RunConfig, policy, reference, batch: dict, lists_pe
     chosen_rewards, rejected_rewards = best_and_worst(rewards)
     chosen, rejected = best_and_worst(logps.detach())
     values = dict(losses=loss.detach().expand(lists), chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,
-                  chosen_logps=chosen, rejected_logps=rejected, correct=pair_accuracy(rewards, scores, valid) * lists)
+                  chosen_logps=chosen, rejected_logps=rejected, correct=pair_accuracy(rewards, scores, valid) * lists,
+                  ranking=(kendall_tau(rewards, scores, valid), ndcg(rewards, scores, valid)))
     return loss * lists / lists_per_micro, values
 
 
@@ -170,8 +175,7 @@ def train(cfg: RunConfig) -> dict:
 
 
 def _train(cfg: RunConfig, stop: StopRequest) -> dict:
-    run = prepare_run(cfg)
-    check_data_kind(cfg, run.dataset)
+    run = prepare_run(cfg, check_data=check_data_kind)
     # the data red flags read pairs' chosen/rejected ids: lists get none
     data_flags = data_red_flags(run.dataset, run.tokenizer, cfg) if cfg.health and run.rank == 0 and not run.listwise \
         else []
@@ -205,14 +209,21 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     sync = reference_sync(cfg, policy, reference)  # TR-DPO's reference updates (None without --sync_ref_model)
     state = checkpoint.resume(policy, cfg.output_dir, reference=sync) if resuming else {"step": 0}
     step, rank_state = state["step"], state.get("rank_state", {})
-    run.log(f"minidpo: {len(run.dataset)} pairs, {run.world_size} rank(s), {run.total_steps} optimizer steps "
+    unpaired = sum(label is not None for label in run.dataset.labels)
+    rows = f"{len(run.dataset) - unpaired} pairs + {unpaired} unpaired examples" if unpaired else \
+        f"{len(run.dataset)} pairs"
+    run.log(f"minidpo: {rows}, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
             + (f", resumed at step {step}" if step else ""))
 
     health = HealthMonitor(cfg, data_flags) if cfg.health and run.rank == 0 else None
     reports = report_to_names(cfg.report_to)  # rank 0 writes them all
+    # loss_type sigmoid,kto: pairs train with the pairwise terms, unpaired examples with kto (times its weight)
+    pairwise, pairwise_weights, kto_weight = split_kto(cfg.loss_type, cfg.loss_weights)
+    pair_loss = {**loss_settings(cfg), "loss_type": pairwise, "loss_weights": pairwise_weights}
+    pair_reference = bool(pairwise) and needs_reference(pairwise)  # sigmoid,kto: yes; simpo,kto: not for pairs
     tracker = MetricTracker(cfg.output_dir, run.total_steps, run.rank, start_step=step, health=health,
-                            tensorboard="tensorboard" in reports,
+                            tensorboard="tensorboard" in reports, kto_alone=run.kto and not pairwise,
                             trackers=open_trackers(reports, cfg.output_dir, cfg.to_dict()) if run.rank == 0 else None)
     tracker.load_state_dict(rank_state.get("metrics"))
     bco = bco_running_mean(cfg, run.world_size)  # bco_pair's delta, carried across steps and resumes
@@ -229,11 +240,13 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
                                meta={"fingerprint": fingerprint}, reference=sync)
 
     def pair_micro_step(indices, batch) -> tuple[torch.Tensor, dict]:
-        """A micro-batch of pairs (or KTO's examples): (the loss to backward, the tracker's values)."""
+        """A micro-batch of pairs or of KTO's unpaired examples (never both): (the loss to backward, the
+        tracker's values)."""
+        unpaired = run.unpaired(indices)
         ref_chosen = ref_rejected = None  # a reference-free loss has none
         if ref_table is not None:
             ref_chosen, ref_rejected = ref_table[indices].to(batch["input_ids"].device).unbind(1)
-        elif reference is not None:
+        elif reference is not None and (unpaired or pair_reference):
             with torch.no_grad():
                 ref_chosen, ref_rejected, _ = pair_logps(reference, batch, cfg.logps_reduction)
         if router:
@@ -246,17 +259,19 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
         chosen_lengths, rejected_lengths = response_lengths([run.dataset[i] for i in indices], cfg.logps_reduction,
                                                             chosen.device)
         kto = None
-        if run.kto:  # chosen: each example's completion, rejected: the mismatched pairs (minidpo.data.kto_pairs)
+        if unpaired:  # chosen: each example's completion, rejected: the mismatched pairs (minidpo.data.kto_pairs)
             losses, rewards, labels, kl = kto_micro_step(cfg, [run.dataset.labels[i] for i in indices],
-                                                         (chosen, rejected), (ref_chosen, ref_rejected), kl_reduce)
+                                                         (chosen, rejected), (ref_chosen, ref_rejected), kl_reduce,
+                                                         kto_weight)
             kto = (labels, kl)
             chosen_rewards, rejected_rewards = rewards * labels, rewards * ~labels
             chosen, rejected = (chosen * labels).detach(), (chosen * ~labels).detach()
         else:
             losses, chosen_rewards, rejected_rewards = preference_loss(
                 chosen, rejected, ref_chosen, ref_rejected, chosen_lengths=chosen_lengths,
-                rejected_lengths=rejected_lengths, bco_delta=bco, pair_weights=pair_weights, **loss_settings(cfg))
-        loss = losses.sum() / run.pairs_per_micro(step)  # the step's loss: the mean over all its pairs
+                rejected_lengths=rejected_lengths, bco_delta=bco, pair_weights=pair_weights, **pair_loss)
+        # the step's loss: the mean over all its rows (pairs and unpaired examples: batch_size each micro-batch)
+        loss = losses.sum() / run.pairs_per_micro(step)
         if aux_loss is not None and aux_coef:
             loss = loss + aux_coef * aux_loss
         return loss, dict(losses=losses, chosen_rewards=chosen_rewards, rejected_rewards=rejected_rewards,

@@ -72,8 +72,9 @@ def test_gradients_raise_desirable_and_lower_undesirable_completions():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(loss_type="kto,sft"), "kto trains on unpaired examples and takes no other term"),
-    (dict(loss_type="kto", rpo_alpha=0.5), "takes no other term \\(nor rpo_alpha\\)"),
+    (dict(loss_type="kto,sft"), "kto mixes with a pairwise preference loss .*not with sft alone"),
+    (dict(loss_type="kto", rpo_alpha=0.5), "rpo_alpha does not apply to loss_type kto alone"),
+    (dict(loss_type="plackett_luce,kto"), "plackett_luce trains on listwise data and takes no other term"),
     (dict(loss_type="kto", ld_alpha=0.5), "ld_alpha only applies to loss_type"),
     (dict(loss_type="kto", use_weighting=True), "use_weighting does not apply to loss_type 'kto'"),
     (dict(loss_type="kto", label_smoothing=0.1), "label_smoothing only applies"),
@@ -153,7 +154,6 @@ def test_unpaired_records_are_detected_and_tokenized_with_their_labels(tok, tmp_
     ({"prompt": "q", "completion": [], "label": True}, ':2: field "completion": expected a non-empty list'),
     ({"prompt": "q", "completion": [{"role": "user", "content": "x"}], "label": True},
      ':2: field "completion\\[0\\].role": expected \'assistant\''),
-    ({"prompt": "q", "chosen": "a", "rejected": "b"}, ":2: a pair in a file of unpaired records: a file mixing"),
 ])
 def test_bad_unpaired_records_name_file_line_and_field(tmp_path, record, message):
     good = {"prompt": "q", "completion": "a", "label": True}
@@ -161,10 +161,28 @@ def test_bad_unpaired_records_name_file_line_and_field(tmp_path, record, message
         load_preference_data(_write(tmp_path, [good, record]), None, max_length=64, cache_dir=None, log=None)
 
 
-def test_an_unpaired_record_in_a_pairs_file_is_refused(tmp_path):
-    records = [{"prompt": "q", "chosen": "a", "rejected": "b"}, {"prompt": "q", "completion": "a", "label": True}]
-    with pytest.raises(DataError, match="pairs.jsonl:2: an unpaired record in a file of prompt records"):
-        load_preference_data(_write(tmp_path, records, "pairs.jsonl"), None, max_length=64, cache_dir=None, log=None)
+def test_a_file_mixing_pairs_and_unpaired_records_loads_and_the_trainer_refuses_one_kind_losses(tmp_path, tok):
+    """A mixed file is read, each record keeping its kind; a pairwise loss alone and kto alone refuse it in
+    the trainer's kind check, naming file:line and the loss_type that takes both."""
+    from minidpo.train import check_data_kind
+
+    for records, first_other in (([{"prompt": "q", "chosen": "a", "rejected": "b"},
+                                   {"prompt": "q", "completion": "a", "label": True}], "unpaired"),
+                                 ([{"prompt": "q", "completion": "a", "label": True},
+                                   {"prompt": "q", "chosen": "a", "rejected": "b"}], "pair")):
+        ds = load_preference_data(_write(tmp_path, records, "mixed.jsonl"), tok, max_length=64, cache_dir=None,
+                                  log=None)
+        assert ds.labels == ([None, True] if first_other == "unpaired" else [True, None])
+        assert ds.stats.format == ("prompt+unpaired" if first_other == "unpaired" else "unpaired+prompt")
+        check_data_kind(RunConfig(loss_type="sigmoid,kto"), ds)
+        if first_other == "unpaired":
+            with pytest.raises(ConfigError, match=r"^mixed.jsonl:2: an unpaired example .*only loss_type kto .*"
+                                                  r"--loss_type ipo,kto$"):
+                check_data_kind(RunConfig(loss_type="ipo"), ds)
+        else:
+            with pytest.raises(ConfigError, match=r"^mixed.jsonl:2: a preference pair, but loss_type kto trains on "
+                                                  r"unpaired examples only; .*--loss_type sigmoid,kto$"):
+                check_data_kind(RunConfig(loss_type="kto"), ds)
 
 
 def test_kto_rows_pair_each_prompt_with_the_previous_completion():

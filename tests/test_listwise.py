@@ -316,6 +316,12 @@ def test_listwise_pairs_trains_on_the_engine(tmp_path, tiny_model_dir, over):
     assert end < start - 0.02
     assert sum(r["rewards/chosen"] - r["rewards/rejected"] for r in rows[-4:]) > 0  # best above worst
     assert sum(r["rewards/accuracies"] for r in rows[-4:]) / 4 > 0.5
+    # the ranking metrics: undefined at step 0 (every reward ties at policy == reference), then in range and
+    # better than chance once the rewards order the lists
+    assert "listwise/kendall_tau" not in rows[0]
+    late = [r for r in rows[-4:] if "listwise/kendall_tau" in r]
+    assert late and all(-1 <= r["listwise/kendall_tau"] <= 1 and 0 <= r["listwise/ndcg"] <= 1 for r in late)
+    assert sum(r["listwise/kendall_tau"] for r in late) > 0
 
 
 @pytest.mark.slow

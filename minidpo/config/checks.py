@@ -44,8 +44,7 @@ def validate(cfg) -> None:
         path = getattr(cfg, name, None)
         if path is not None:
             _check_model_path(name, path, cfg.tokenizer)
-    if not os.path.exists(cfg.data):
-        raise ConfigError(f"--data {cfg.data}: no such file or folder")
+    _check_data(cfg.data)
     if not os.path.isfile(cfg.deepspeed):
         raise ConfigError(f"--deepspeed {cfg.deepspeed}: no such file (see ds_configs/)")
     choices = [("dtype", DTYPES), ("chat_template", CHAT_TEMPLATES), ("on_bad_record", BAD_RECORD_POLICIES),
@@ -77,6 +76,15 @@ def validate(cfg) -> None:
     if isinstance(cfg, HealthSettings):
         check_health_settings(cfg)
     check_output_dir(cfg.output_dir)
+
+
+def _check_data(data: str) -> None:
+    """--data: a file or folder, or a comma-separated list of them (as minidpo.data.files.data_files reads it)."""
+    if os.path.exists(data):
+        return
+    for part in [p.strip() for p in data.split(",") if p.strip()] or [data]:
+        if not os.path.exists(part):
+            raise ConfigError(f"--data {data}: " + ("" if part == data else f"{part}: ") + "no such file or folder")
 
 
 def _check_loss(cfg) -> None:
@@ -115,7 +123,8 @@ def _check_kto(cfg) -> None:
                    ("sync_ref_model", "TR-DPO is not implemented for it"))
     for name, why in unsupported:
         if getattr(cfg, name, None):
-            raise ConfigError(f"--{name} is not supported with loss_type kto ({why})")
+            raise ConfigError(f"--{name} is not supported with loss_type {','.join(loss_names(cfg.loss_type))} "
+                              f"({why})")
 
 
 def _check_listwise(cfg) -> None:

@@ -41,7 +41,8 @@ class ModelSettings:
 class DataSettings:
     """What to train on, and how it is rendered and cut."""
 
-    data: str = setting("data/demo/train.jsonl", "preference data: JSON/JSONL/Parquet/Arrow file or folder",
+    data: str = setting("data/demo/train.jsonl", "preference data: JSON/JSONL/Parquet/Arrow file or folder, or "
+                        "several, comma-separated",
                         resume="content")
     data_format: str = setting("auto", "auto, or force a format (docs/data.md)")
     on_bad_record: str = setting("error", "error | skip", resume="free")
@@ -63,8 +64,9 @@ class LossSettings:
     beta: float = 0.1
     loss_type: str | list[str] = setting("sigmoid", "sigmoid (DPO) | hinge | ipo | robust | exo_pair | nca_pair | "
                                          "sppo_hard | apo_zero | apo_down | discopop | bco_pair | sigmoid_norm | aot | "
-                                         "aot_unpaired | simpo | cpo | orpo | kto (unpaired data), or a mix: "
-                                         "sigmoid,sft (docs/losses.md)")
+                                         "aot_unpaired | simpo | cpo | orpo | kto (unpaired data) | listwise_pairs | "
+                                         "plackett_luce (ranked lists), or a mix: sigmoid,sft; sigmoid,kto trains "
+                                         "pairs and unpaired examples together (docs/losses.md)")
     label_smoothing: float = setting(0.0, "label-noise rate of sigmoid (cDPO), robust, exo_pair, aot, aot_unpaired")
     rpo_alpha: float = setting(0.0, "weight of the chosen answers' per-token NLL (RPO); 0: plain DPO")
     logps_reduction: str = setting("sum", "sum (DPO) | mean (MiniMind's length-normalised)")

@@ -33,8 +33,16 @@ class RawRecord:
 
 def data_files(path: str | os.PathLike) -> list[str]:
     """The data files at `path`: the file itself, or a folder's .json / .jsonl files in name order, or
-    its Parquet / Arrow shards when it has any (beside them, `datasets`' own .json files are metadata)."""
+    its Parquet / Arrow shards when it has any (beside them, `datasets`' own .json files are metadata);
+    or a comma-separated list of such files and folders ("votes.jsonl,votes_unpaired.jsonl"), their
+    files in the list's order. A path that exists as written is one path, commas and all."""
     path = os.fspath(path)
+    if "," in path and not os.path.exists(path):
+        parts = [part.strip() for part in path.split(",") if part.strip()]
+        for part in parts:
+            if not os.path.exists(part):
+                raise DataError(f"{part}: no such file or folder (in the list {path})", "missing file")
+        return [file for part in parts for file in data_files(part)]
     if os.path.isdir(path):
         names = sorted(f for f in os.listdir(path) if os.path.isfile(os.path.join(path, f)))
         shards = [f for f in names if f.endswith(SHARD_SUFFIXES)]

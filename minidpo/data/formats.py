@@ -27,12 +27,17 @@ Formats (`data_format=`; "auto" detects it from the first record of each file):
 - "unpaired" (TRL's unpaired preference form, for loss_type kto) {"prompt": str | [messages], "completion": str |
              [one assistant message], "label": true | false, optional "system": str}: one answer, desirable (true)
              or not. Its PreferencePair has the completion as chosen and as rejected, and `label` set. A file
-             mixing pairs and unpaired records is refused, naming the first record of the other kind.
+             may mix pairs and unpaired records (each keeps its kind; the loss decides what it trains on).
 - "listwise" {"prompt", "responses": [K answers], "scores": [K numbers] or "ranking": [indices, best first]}
              (minidpo.data.listwise): K >= 2 ranked answers, ties allowed. Its PreferencePair has the best
              answer as chosen, the worst as rejected, and all K in `responses` / `scores`.
 - "ultrafeedback" (UltraFeedback-binarized) {"prompt": str, "chosen": [messages], "rejected": [messages]}: the
              message lists repeat the user turn (which must be `prompt`); extra columns are ignored.
+- "ultrafeedback_ratings" (UltraFeedback's raw form, openbmb/UltraFeedback) {"instruction": str, "completions":
+             [{"response": str, "annotations": {aspect: {"Rating": "1".."5" or "N/A"}}, "overall_score", ...}]}:
+             a listwise record, each completion scored by the mean of its aspect ratings ("N/A" left out);
+             "ultrafeedback_overall" (only as data_format=) scores them by overall_score instead. Completions
+             without a usable rating are left out (minidpo.data.listwise.parse_ultrafeedback).
 
 Parquet (.parquet) and Arrow (.arrow: what `datasets.save_to_disk` writes) files and folders of such
 shards are read with pyarrow; their records are named "file.parquet:record 17".
@@ -50,13 +55,13 @@ from dataclasses import dataclass
 from minidpo.errors import DataError
 
 from .files import RawRecord, data_files, read_records, type_name
-from .listwise import is_listwise, parse_listwise
+from .listwise import is_listwise, is_ultrafeedback, parse_listwise, parse_ultrafeedback
 from .messages import Record, answer_key
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
 FORMATS = ("prompt", "messages", "sharegpt", "alpaca", "trl", "hh", "ultrafeedback", "openai", "unpaired",
-           "listwise")
+           "listwise", "ultrafeedback_ratings", "ultrafeedback_overall")
 FORMAT_ALIASES = {"seed": "prompt", "minimind": "messages", "trl_implicit": "messages", "implicit": "messages",
                   "llama_factory": "sharegpt", "trl_conversational": "trl", "hh_rlhf": "hh", "anthropic_hh": "hh",
                   "ultrafeedback_binarized": "ultrafeedback", "kto": "unpaired"}
@@ -114,6 +119,8 @@ def detect_format(record: object, source: str = "") -> str:
         return "unpaired"
     if is_listwise(record):
         return "listwise"
+    if is_ultrafeedback(record):  # before alpaca: it has an "instruction" too
+        return "ultrafeedback_ratings"
     if "conversations" in record:
         return "sharegpt"
     if "instruction" in record:
@@ -131,8 +138,9 @@ def detect_format(record: object, source: str = "") -> str:
     raise DataError(
         f"{where}cannot tell the data format from the keys {sorted(record)}: expected "
         '"prompt"+"chosen"+"rejected", "chosen"/"rejected" message lists or HH-RLHF transcripts, '
-        '"conversations" (ShareGPT), "instruction" (Alpaca), "completion"+"label" (unpaired) or '
-        '"responses"+"scores" (listwise); or pass data_format=', "unknown format")
+        '"conversations" (ShareGPT), "instruction" (Alpaca), "completion"+"label" (unpaired), '
+        '"responses"+"scores" (listwise) or "instruction"+"completions" (UltraFeedback with ratings); or pass '
+        'data_format=', "unknown format")
 
 
 def is_unpaired(record: object) -> bool:
@@ -221,8 +229,8 @@ def _parse_unpaired(r: Record) -> PreferencePair:
     return PreferencePair(prompt, answer["content"], answer["content"], r.source, raw, r.tools, answer, answer, label)
 
 
-def _parse_listwise(r: Record) -> PreferencePair:
-    prompt, answers, scores = parse_listwise(r)
+def _list_pair(r: Record, prompt: list[dict], answers: list[dict], scores: list[float]) -> PreferencePair:
+    """The PreferencePair of K ranked answers: all of them with their scores, the best and worst as chosen/rejected."""
     best = max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the earlier answer ranks higher
     worst = min(range(len(scores)), key=lambda i: (scores[i], -i))
     c, j = answers[best], answers[worst]
@@ -312,7 +320,9 @@ def _parse_openai(r: Record) -> PreferencePair:
 
 PARSERS = {"prompt": _parse_prompt, "messages": _parse_messages, "sharegpt": _parse_sharegpt,
            "alpaca": _parse_alpaca, "trl": _parse_trl, "hh": _parse_hh, "ultrafeedback": _parse_ultrafeedback, "openai": _parse_openai,
-           "unpaired": _parse_unpaired, "listwise": _parse_listwise}
+           "unpaired": _parse_unpaired, "listwise": lambda r: _list_pair(r, *parse_listwise(r)),
+           "ultrafeedback_ratings": lambda r: _list_pair(r, *parse_ultrafeedback(r, "mean")),
+           "ultrafeedback_overall": lambda r: _list_pair(r, *parse_ultrafeedback(r, "overall"))}
 
 
 def parse_record(record: RawRecord, data_format: str, tools: list | None = None) -> PreferencePair:
@@ -338,15 +348,15 @@ def iter_pairs(path: str | os.PathLike, data_format: str = "auto",
         for rec in read_records(file):
             n += 1
             try:
+                if isinstance(rec.value, DataError):
+                    raise rec.value
+                if fmt == "auto" and is_unpaired(rec.value):
+                    # a file may mix pairs and unpaired examples (app votes: pairs, thumbs, "both bad");
+                    # the trainer decides whether its loss takes both (loss_type sigmoid,kto)
+                    yield rec, "unpaired", parse_record(rec, "unpaired", tools)
+                    continue
                 if file_fmt is None:
-                    if isinstance(rec.value, DataError):
-                        raise rec.value
                     file_fmt = detect_format(rec.value, rec.source)
-                elif (fmt == "auto" and not isinstance(rec.value, DataError)
-                      and is_unpaired(rec.value) != (file_fmt == "unpaired")):
-                    raise DataError(f"{rec.source}: {'an unpaired record' if is_unpaired(rec.value) else 'a pair'} in "
-                                    f"a file of {file_fmt} records: a file mixing pairs and unpaired examples "
-                                    "(prompt/completion/label) is not supported; split it in two runs", "mixed file")
                 yield rec, file_fmt, parse_record(rec, file_fmt, tools)
             except DataError as e:
                 yield rec, file_fmt or "unknown", e

@@ -152,15 +152,24 @@ def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_tem
              "(no --model: lengths are in characters; pass --model PATH for token lengths, truncation and masks)"]
     lines += _counts("skipped (bad records)", skipped) + _examples(examples)
     lines += ["character lengths:"]
-    lines += _table({"prompt": [sum(len(m["content"]) for m in p.prompt_messages) for p in pairs],
-                     "chosen": [len(plain_content(p.answers()[0])) for p in pairs],
-                     "rejected": [len(plain_content(p.answers()[1])) for p in pairs]}, "chars")
+    rows = {"prompt": [sum(len(m["content"]) for m in p.prompt_messages) for p in pairs],
+            "chosen": [len(plain_content(p.answers()[0])) for p in pairs],
+            "rejected": [len(plain_content(p.answers()[1])) for p in pairs]}
+    if any(p.responses is not None for p in pairs):  # listwise: chosen / rejected are each list's best / worst
+        rows["answer"] = [len(plain_content(a)) for p in pairs if p.responses is not None for a in p.responses]
+    lines += _table(rows, "chars")
     if pairs:
         i = min(max(index, 0), len(pairs) - 1)
         p = pairs[i]
         prompt = plain_prompt(p.prompt_messages, p.tools)
-        lines += ["", f"pair {i} ({p.source}) in the plain fallback template; the prompt is "
-                  + ("dimmed" if color else f"inside {OPEN} {CLOSE}") + " (masked out of the loss)."]
-        for name, answer in zip(("chosen", "rejected"), p.answers()):
+        masked = ("dimmed" if color else f"inside {OPEN} {CLOSE}") + " (masked out of the loss)."
+        if p.responses is None:
+            lines += ["", f"pair {i} ({p.source}) in the plain fallback template; the prompt is {masked}"]
+            answers = list(zip(("chosen", "rejected"), p.answers()))
+        else:
+            lines += ["", f"list {i} ({p.source}): {len(p.responses)} answers with their scores (higher is better), "
+                      f"in the plain fallback template; the prompt is {masked}"]
+            answers = [(f"answer {k} (score {score:g})", a) for k, (a, score) in enumerate(zip(p.responses, p.scores))]
+        for name, answer in answers:
             lines += [f"--- {name} ---", _mark(prompt, plain_content(answer) + "<EOS>", color)]
     return lines, len(pairs)

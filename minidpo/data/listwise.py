@@ -4,7 +4,10 @@
     {"prompt": ..., "responses": [...], "ranking": [index of the best answer, ..., index of the worst]}
 
 K may differ per record; scores may tie (a ranking cannot: it is a permutation of 0..K-1, turned into
-scores K-1, ..., 0). Every problem is a DataError naming file:line and the field."""
+scores K-1, ..., 0). Every problem is a DataError naming file:line and the field.
+
+UltraFeedback's raw form (openbmb/UltraFeedback; formats "ultrafeedback_ratings" / "ultrafeedback_overall")
+is read as such a list: `parse_ultrafeedback`."""
 
 from __future__ import annotations
 
@@ -52,6 +55,83 @@ def parse_listwise(r: Record) -> tuple[list[dict], list[dict], list[float]]:
     answers = [_answer(r, a, f"responses[{i}]") for i, a in enumerate(given)]
     scores = _scores(r, len(answers)) if "scores" in r.d else _ranking(r, len(answers))
     return prompt, answers, scores
+
+
+# UltraFeedback's four aspects, each annotated {"Rating": "1".."5" or "N/A", "Rationale": ..., ...}
+ASPECTS = ("helpfulness", "honesty", "instruction_following", "truthfulness")
+
+
+def is_ultrafeedback(record: object) -> bool:
+    """UltraFeedback's raw form: an instruction with its completions ({"response", "annotations", ...})."""
+    if not isinstance(record, dict) or not isinstance(record.get("completions"), list):
+        return False
+    return "instruction" in record or any(isinstance(c, dict) and "response" in c for c in record["completions"])
+
+
+def parse_ultrafeedback(r: Record, rating: str = "mean") -> tuple[list[dict], list[dict], list[float]]:
+    """{"instruction", "completions": [{"response", "annotations", "overall_score", ...}]} -> (prompt
+    messages, answers, scores), as `parse_listwise`. rating "mean": each completion's score is the mean of
+    its aspect ratings, "N/A" left out (what the mean-rating binarizations of UltraFeedback use); "overall":
+    its overall_score. A completion without a usable rating (every aspect "N/A", no overall_score) is left
+    out; fewer than 2 rated completions is an error."""
+    prompt = r.check_prompt([{"role": "user", "content": r.get("instruction", str)}], "instruction")
+    completions = r.get("completions", list, allow_empty=True)
+    answers, scores = [], []
+    for i, c in enumerate(completions):
+        field = f"completions[{i}]"
+        if not isinstance(c, dict):
+            r.fail(field, f"expected a completion object, got {type_name(c)}", "wrong type")
+        score = _aspect_mean(r, c, field) if rating == "mean" else _overall_score(r, c, field)
+        if score is not None:
+            answers.append({"role": "assistant", "content": r.string(c.get("response"), f"{field}.response")})
+            scores.append(score)
+    if len(answers) < 2:
+        what = f"a rating in annotations ({', '.join(ASPECTS)})" if rating == "mean" else "an overall_score"
+        r.fail("completions", f"{len(answers)} of {len(completions)} completions have {what}: at least 2 are "
+               "needed to rank", "too few answers")
+    return prompt, answers, scores
+
+
+def _aspect_mean(r: Record, c: dict, field: str) -> float | None:
+    notes = c.get("annotations")
+    if not isinstance(notes, dict):
+        r.fail(f"{field}.annotations", f"expected an object of aspect ratings ({', '.join(ASPECTS)}), got "
+               f"{type_name(notes)}", "missing field" if notes is None else "wrong type")
+    ratings = []
+    for aspect in (a for a in ASPECTS if a in notes):
+        where = f"{field}.annotations.{aspect}"
+        if not isinstance(notes[aspect], dict) or "Rating" not in notes[aspect]:
+            r.fail(where, f'expected {{"Rating": "1".."5" or "N/A", ...}}, got {type_name(notes[aspect])}',
+                   "wrong type")
+        value = notes[aspect]["Rating"]
+        if value == "N/A":
+            continue
+        number = _number(value.strip() if isinstance(value, str) else value)
+        if number is None or not 1 <= number <= 5:
+            r.fail(f"{where}.Rating", f'expected "1".."5" or "N/A", got {value!r}', "bad rating")
+        ratings.append(number)
+    return sum(ratings) / len(ratings) if ratings else None
+
+
+def _overall_score(r: Record, c: dict, field: str) -> float | None:
+    value = c.get("overall_score")
+    if value is None:
+        return None
+    number = _number(value) if not isinstance(value, str) else None
+    if number is None:
+        r.fail(f"{field}.overall_score", f"expected a finite number, got {value!r}", "wrong type")
+    return number
+
+
+def _number(value: object) -> float | None:
+    """A finite number from a number or a numeric string; None otherwise (bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _answer(r: Record, value: object, field: str) -> dict:

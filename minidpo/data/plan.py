@@ -23,6 +23,7 @@ def batch_plan(
     rank: int = 0,
     world_size: int = 1,
     group_by_length: bool = True,
+    kinds: Sequence[str] | None = None,
 ) -> list[list[int]]:
     """This rank's batches (lists of pair indices) for one epoch.
 
@@ -34,26 +35,40 @@ def batch_plan(
       MEGA_CHUNK_STEPS steps, sorted by length inside each chunk and cut into batches, so a batch holds
       similar lengths (little padding); the batches of one step (one per rank) come from neighbouring
       sorted positions, so ranks wait little on each other; then the order of steps is shuffled.
+    - `kinds` (each pair's kind, e.g. "pairs" / "unpaired examples"; None: one kind): a step (every rank's
+      batch at one index) holds one kind, so every rank runs the same path at the same time (KTO's batch KL
+      is a collective). Each kind is shuffled, grouped and cut on its own (its leftover dropped), then the
+      steps of all kinds are shuffled together; one kind gives exactly the plan without `kinds`.
 
     `lengths[i]` is pair i's longer sequence (PreferenceDataset.lengths).
     """
     if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"bad batch_plan arguments: batch_size={batch_size}, rank={rank}, world_size={world_size}")
     per_step = batch_size * world_size
-    if len(lengths) < per_step:
-        raise ValueError(f"only {len(lengths)} pairs: fewer than one step of batch_size {batch_size} x "
-                         f"{world_size} ranks; use more data or a smaller batch size")
     rng = random.Random(f"minidpo:{seed}:{epoch}")
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    if group_by_length:
-        chunk = per_step * MEGA_CHUNK_STEPS
-        order = [i for s in range(0, len(order), chunk)
-                 for i in sorted(order[s:s + chunk], key=lambda i: -lengths[i])]
-    n_steps = len(order) // per_step
-    steps = [order[s * per_step:(s + 1) * per_step] for s in range(n_steps)]
+    steps = []
+    for kind, members in _by_kind(kinds, len(lengths)):
+        if len(members) < per_step:
+            raise ValueError(f"only {len(members)} {kind}: fewer than one step of batch_size {batch_size} x "
+                             f"{world_size} ranks; use more data or a smaller batch size")
+        order = list(members)
+        rng.shuffle(order)
+        if group_by_length:
+            chunk = per_step * MEGA_CHUNK_STEPS
+            order = [i for s in range(0, len(order), chunk)
+                     for i in sorted(order[s:s + chunk], key=lambda i: -lengths[i])]
+        steps += [order[s * per_step:(s + 1) * per_step] for s in range(len(order) // per_step)]
     rng.shuffle(steps)
     return [step[rank * batch_size:(rank + 1) * batch_size] for step in steps]
+
+
+def _by_kind(kinds: Sequence[str] | None, n: int) -> list[tuple[str, list[int]]]:
+    """(kind, its pair indices in order) for each kind, in name order; all n as "pairs" without kinds."""
+    if kinds is None:
+        return [("pairs", list(range(n)))]
+    if len(kinds) != n:
+        raise ValueError(f"{len(kinds)} kinds for {n} pairs")
+    return [(kind, [i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))]
 
 
 # --- token-budget batches (--max_tokens_per_batch) --------------------------------------------------
@@ -148,14 +163,17 @@ class Batching:
     group_by_length: bool = True
 
     def epoch_micro_batches(self, lengths: Sequence[int], packed_lengths: Sequence[int], epoch: int, rank: int,
-                            world_size: int) -> list[list[int]]:
+                            world_size: int, kinds: Sequence[str] | None = None) -> list[list[int]]:
         """Rank `rank`'s micro-batches (pair indices) for one epoch. `lengths`: what a batch pads to per pair
         (packed rows: prompt + both answers; plain rows: prompt + the longer answer); `packed_lengths`:
-        the packed row lengths, which a token budget counts whichever forward runs."""
+        the packed row lengths, which a token budget counts whichever forward runs; `kinds`: batch_plan's
+        (fixed batches only)."""
         if self.max_tokens_per_batch:  # micro-batch sizes vary
+            if kinds is not None and len(set(kinds)) > 1:
+                raise ValueError("a token budget does not keep one kind of row per micro-batch")
             return rank_micro_batches(self.epoch_steps(packed_lengths, epoch, world_size), rank, world_size)
         return batch_plan(lengths, self.batch_size, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                          group_by_length=self.group_by_length)
+                          group_by_length=self.group_by_length, kinds=kinds)
 
     def epoch_steps(self, packed_lengths: Sequence[int], epoch: int, world_size: int) -> list[list[list[int]]]:
         """One epoch's optimizer steps under a token budget: steps[s][m * world_size + r] (budget_steps)."""

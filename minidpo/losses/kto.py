@@ -7,7 +7,8 @@ z the KL reference point,
 
 z is estimated per batch (`batch_kl`) from mismatched pairs, each completion scored after the next
 example's prompt: mean(log pi - log ref) over them, averaged over ranks, clamped at 0, detached; or it is
-a fixed number (`kto_kl`)."""
+a fixed number (`kto_kl`). With pairwise terms (loss_type sigmoid,kto, `settings.split_kto`) a run trains
+its pairs with those and its unpaired examples with these losses times kto's loss_weights entry."""
 
 from __future__ import annotations
 

@@ -9,7 +9,10 @@ r_k = beta (log pi(y_k|x) - log ref(y_k|x)), each answer's log-probs summed over
                     -log( e^{r_(t)} / sum_{u >= t} e^{r_(u)} ), averaged over rows. Tied answers are
                     ordered by their index in the record (the earlier one first).
 
-Inputs are (B, K) tensors; rows with fewer answers than K are padded and marked in `valid` (B, K) bool."""
+Inputs are (B, K) tensors; rows with fewer answers than K are padded and marked in `valid` (B, K) bool.
+
+Ranking metrics of the implicit rewards against the scores, per row (for the logs): `kendall_tau` (tau-b)
+and `ndcg`."""
 
 from __future__ import annotations
 
@@ -66,6 +69,47 @@ def pair_accuracy(rewards: torch.Tensor, scores: torch.Tensor, valid: torch.Tens
     pairs = ordered_pairs(scores.to(rewards.device), None if valid is None else valid.to(rewards.device))
     right = (rewards[:, :, None] > rewards[:, None, :]) & pairs
     return right.sum().float() / pairs.sum().clamp(min=1)
+
+
+def kendall_tau(rewards: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Kendall's tau-b between each row's rewards and its scores: (B,) float32, from (B, K) rewards, scores and
+    valid (None: every answer is real). Over the row's answer pairs, (concordant - discordant) /
+    sqrt((pairs not tied in rewards) (pairs not tied in scores)): 1 when the rewards order the answers as
+    the scores do, -1 when reversed, ties handled as scipy.stats.kendalltau does. NaN where it is undefined:
+    every reward tied (as at step 0, policy == reference), every score tied, or fewer than 2 answers;
+    average rows with torch.nanmean."""
+    r, s = rewards.float(), scores.to(rewards.device, torch.float32)
+    dr = torch.sign(r[:, :, None] - r[:, None, :])
+    ds = torch.sign(s[:, :, None] - s[:, None, :])
+    if valid is not None:  # a padded answer takes part in no pair (whatever its values)
+        both = (valid[:, :, None] & valid[:, None, :]).to(rewards.device)
+        dr, ds = (torch.where(both, d, torch.zeros_like(d)) for d in (dr, ds))
+    # over ordered pairs (i, j) and (j, i) alike: each unordered pair counts twice in all three sums
+    return (dr * ds).sum((1, 2)) / ((dr * dr).sum((1, 2)) * (ds * ds).sum((1, 2))).sqrt()
+
+
+def ndcg(rewards: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """NDCG of each row's answers ranked by reward (highest first), the scores as gains: (B,) float32, from
+    (B, K) rewards, scores and valid (None: every answer is real). Linear gains, shifted so that the row's
+    lowest score gains 0 (scores are any numbers: a ranking's K-1..0, ratings 1..5, ...): gain_k = s_k -
+    min s; discount 1 / log2(1 + position), positions 1..K, the whole list (no cutoff). Tied rewards share
+    their positions' discounts (the mean over the positions they occupy: ties neither help nor hurt, so the
+    value does not depend on the answers' order in the record). NDCG = DCG / the DCG of the scores' own
+    order: 1 for a perfect ranking. NaN where it is undefined: every score tied or fewer than 2 answers."""
+    r, s = rewards.float(), scores.to(rewards.device, torch.float32)
+    valid = torch.ones_like(r, dtype=torch.bool) if valid is None else valid.to(r.device, torch.bool)
+    gains = torch.where(valid, s - s.masked_fill(~valid, float("inf")).amin(1, keepdim=True), torch.zeros_like(s))
+    K = r.shape[1]
+    # cumulative discounts: cum[n] = sum of 1 / log2(1 + p) over positions p = 1..n
+    positions = torch.arange(1, K + 1, device=r.device, dtype=r.dtype)
+    cum = torch.cat([r.new_zeros(1), (1.0 / torch.log2(1.0 + positions)).cumsum(0)])
+    pair = valid[:, :, None] & valid[:, None, :]
+    above = ((r[:, None, :] > r[:, :, None]) & pair).sum(2)  # answers ranked strictly higher
+    tied = ((r[:, None, :] == r[:, :, None]) & pair).sum(2).clamp(min=1)  # this answer and its ties
+    discount = (cum[above + tied] - cum[above]) / tied
+    dcg = (gains * discount * valid).sum(1)
+    ideal = (gains.sort(1, descending=True).values * (cum[1:] - cum[:-1])).sum(1)
+    return torch.where(ideal > 0, dcg / ideal.clamp(min=torch.finfo(r.dtype).tiny), torch.full_like(dcg, float("nan")))
 
 
 def listwise_loss(loss_type: str, policy_logps: torch.Tensor, ref_logps: torch.Tensor, scores: torch.Tensor,

@@ -14,9 +14,10 @@ from minidpo.losses.listwise import LISTWISE_LOSSES
 
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "sppo_hard", "apo_zero", "apo_down",
               "discopop", "bco_pair", "sigmoid_norm", "aot", "aot_unpaired", "simpo", "cpo", "orpo", "sft")
-KTO = "kto"  # not a pairwise loss: unpaired examples, minidpo.losses.kto (preference_loss refuses it)
-# nor these: K ranked answers a row (minidpo.losses.listwise); every loss_type the trainer takes
-TRAINED_ALONE = (KTO, *LISTWISE_LOSSES)
+KTO = "kto"  # not a pairwise loss: unpaired examples, minidpo.losses.kto (preference_loss refuses it); alone, or
+# with pairwise terms, which train the pairs of the same run (`split_kto`)
+# nor these, trained alone: K ranked answers a row (minidpo.losses.listwise)
+NOT_PAIRWISE = (KTO, *LISTWISE_LOSSES)
 REFERENCE_FREE = frozenset({"simpo", "cpo", "orpo", "sft"})
 SMOOTHED = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")  # the losses that take label_smoothing
 EXO_DEFAULT_EPS = 1e-3  # EXO's eps when label_smoothing is left at 0 (the paper's value; log eps must be finite)
@@ -38,8 +39,18 @@ def loss_names(loss_type: str | Sequence[str]) -> list[str]:
     names = loss_type.split(",") if isinstance(loss_type, str) else list(loss_type)
     names = [str(n).strip() for n in names if str(n).strip()]
     if not names:
-        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES + TRAINED_ALONE)}")
+        raise ValueError(f"loss_type {loss_type!r} names no loss: choose from {', '.join(LOSS_TYPES + NOT_PAIRWISE)}")
     return names
+
+
+def split_kto(loss_type: str | Sequence[str], loss_weights=None) -> tuple[list[str], list[float], float]:
+    """A loss_type with kto -> (its pairwise terms, their weights, kto's weight): a run trains its pairs
+    with the first two (preference_loss) and its unpaired examples with kto_loss times the last. Checked
+    settings (check_loss_settings) assumed; kto alone gives no pairwise term."""
+    names = loss_names(loss_type)
+    weights = dict(zip(names, _weights(loss_weights, len(names))))
+    pairwise = [n for n in names if n != KTO]
+    return pairwise, [weights[n] for n in pairwise], weights.get(KTO, 1.0)
 
 
 def needs_reference(loss_type: str | Sequence[str]) -> bool:
@@ -103,12 +114,18 @@ def loss_terms(loss_type, beta, label_smoothing, rpo_alpha, loss_weights, simpo_
     """check_loss_settings on hashable settings (see `frozen`), validated once per distinct settings."""
     names = loss_names(loss_type)
     for name in names:
-        if name not in LOSS_TYPES + TRAINED_ALONE:
-            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES + TRAINED_ALONE)}")
+        if name not in LOSS_TYPES + NOT_PAIRWISE:
+            raise ValueError(f"unknown loss_type {name!r}: choose one of {', '.join(LOSS_TYPES + NOT_PAIRWISE)}")
     if len(set(names)) < len(names):
         raise ValueError(f"loss_type {loss_type!r} names a loss twice")
-    if KTO in names and (len(names) > 1 or rpo_alpha):  # its rows are single completions, not pairs
-        raise ValueError("loss_type kto trains on unpaired examples and takes no other term (nor rpo_alpha)")
+    if KTO in names:  # its rows are single completions; the other terms train the run's pairs
+        pairwise = [n for n in names if n not in (KTO, "sft")]
+        if len(names) == 1 and rpo_alpha:
+            raise ValueError("rpo_alpha does not apply to loss_type kto alone (unpaired examples have no pair; to "
+                             "train pairs too: loss_type sigmoid,kto)")
+        if len(names) > 1 and not pairwise:
+            raise ValueError(f"loss_type {','.join(names)}: kto mixes with a pairwise preference loss for the run's "
+                             "pairs (e.g. sigmoid,kto), not with sft alone")
     for name in set(names) & set(LISTWISE_LOSSES):
         if len(names) > 1 or rpo_alpha:  # its rows are K ranked answers, not pairs
             raise ValueError(f"loss_type {name} trains on listwise data and takes no other term (nor rpo_alpha)")
