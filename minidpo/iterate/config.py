@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from minidpo.errors import ConfigError
 
@@ -25,6 +26,7 @@ class IterateConfig:
     # the loop
     rounds: int = field(default=3, metadata={"help": "rounds of sample -> judge -> pairs -> DPO"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per prompt (>= 2): the pair is the best vs the worst"})
+    listwise: bool = field(default=False, metadata={"help": "scoring judges: keep all of a prompt's answers with their scores as one listwise record, trained with loss_type listwise_pairs (or plackett_luce), instead of best vs worst"})
     prompts_per_round: int = field(default=128, metadata={"help": "prompts per round, stratified over axis x language, new draw each round (-1: all)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the round's answers (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "top-p of the round's answers"})
@@ -38,7 +40,8 @@ class IterateConfig:
     reward_model: str = field(default="", metadata={"help": "judge=reward_model: a local Hugging Face sequence-classification folder"})
     reward_batch_size: int = field(default=32, metadata={"help": "answers per reward-model forward"})
     votes: str = field(default="runs/votes.jsonl", metadata={"help": "judge=votes: the app's blind votes"})
-    votes_fraction: float = field(default=0.5, metadata={"help": "judge=votes: share of votes in a round's pairs, the rest drawn from --data"})
+    votes_unpaired: str = field(default="", metadata={"help": "judge=votes: the app's unpaired votes (thumbs, both bad), trained with kto added to the loss; '' = the votes file's name + _unpaired, used when it exists"})
+    votes_fraction: float = field(default=0.5, metadata={"help": "judge=votes: share of votes (pairs and unpaired examples) in a round's records, the rest pairs drawn from --data"})
     verify_margin: float = field(default=0.5, metadata={"help": "judge=verify: a pair needs best and worst scores (share of instructions followed) at least this far apart"})
     verify_edit: bool = field(default=True, metadata={"help": "judge=verify: where no sample follows every instruction, the chosen answer is the best one edited until the verifier passes it (lowercased, commas removed, ...)"})
     # each round's DPO run
@@ -58,6 +61,14 @@ class IterateConfig:
         from dataclasses import asdict
 
         return asdict(self)
+
+    def votes_beside(self, kind: str) -> str:
+        """The app's file of `kind` ("unpaired", "battles") next to the votes file: its name + _kind
+        (app/votes.py's `beside`, recomputed here: minidpo does not import the app)."""
+        if kind == "unpaired" and self.votes_unpaired:
+            return self.votes_unpaired
+        p = Path(self.votes)
+        return str(p.with_name(f"{p.stem}_{kind}{p.suffix or '.jsonl'}"))
 
 
 def _model_folder(path: str, flag: str) -> None:
@@ -97,8 +108,14 @@ def validate(cfg: IterateConfig) -> None:
             raise ConfigError("--judge reward_model needs --reward_model FOLDER (a sequence-classification model)")
         _model_folder(cfg.reward_model, "reward_model")
     if cfg.judge == "votes":
-        if not os.path.isfile(cfg.votes):
-            raise ConfigError(f"--votes {cfg.votes}: no such file (vote in the app's blind mode first: `make app`)")
+        if cfg.votes_unpaired and not os.path.isfile(cfg.votes_unpaired):
+            raise ConfigError(f"--votes_unpaired {cfg.votes_unpaired}: no such file ('' reads the one beside --votes when it exists)")
+        if not os.path.isfile(cfg.votes) and not os.path.isfile(cfg.votes_beside("unpaired")):
+            raise ConfigError(f"--votes {cfg.votes}: no such file, nor {cfg.votes_beside('unpaired')} (vote in the "
+                              "app's blind mode first: `make app`)")
+        if cfg.listwise:
+            raise ConfigError("--listwise true needs a judge that scores answers (rule, reward_model, verify, your "
+                              "own); votes are pairs and unpaired examples")
         if not 0 < cfg.votes_fraction <= 1:
             raise ConfigError(f"--votes_fraction must be in (0, 1], got {cfg.votes_fraction}")
     if cfg.judge == "verify":

@@ -8,7 +8,7 @@ that need more than the text. Higher is better; only the order of one prompt's a
     RuleJudge         the demo's rule judge (minidpo.demo.judge): 1.0 preferred behaviour, 0.0 not
     RewardModelJudge  any local Hugging Face sequence-classification folder, scored in batches
     VerifyJudge       IFEval's verifiers: the share of the prompt's instructions followed (minidpo.iterate.verifier)
-    votes             not a scorer: the app's blind votes become the round's pairs (minidpo.iterate.pairs)
+    votes             not a scorer: the app's votes become the round's data (minidpo.iterate.votes)
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
       iterate_config.json    the settings
       round_0/eval/          the starting policy evaluated (eval_start)
       round_k/samples.jsonl  prompts, answers, scores (judge rounds)
-      round_k/pairs.jsonl    the round's pairs (prompt / chosen / rejected messages): the DPO run's --data
-      round_k/pairs.json     pair counts and the sampling / judging seconds
+      round_k/pairs.jsonl    the round's data, the DPO run's --data: pairs (prompt / chosen / rejected), or
+                             listwise records (listwise: true), or pairs and the unpaired votes (judge=votes)
+      round_k/pairs.json     counts ("pairs", or "lists"), the round's loss flags, the sampling / judging seconds
       round_k/dpo/           a normal run folder: run_config.json, TensorBoard, checkpoints, export
       round_k/eval/          `make eval`'s evaluation of the round's export against the SFT model (judge=verify:
                              IFEval's, minidpo.eval.ifeval, on the first eval_limit prompts of --heldout)
@@ -40,10 +41,13 @@ from minidpo.fsutil import write_jsonl_atomic, write_text_atomic
 from minidpo.generation import SamplingSettings
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import make_judge, score_all
-from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores, votes_pairs, write_pairs
+from minidpo.iterate.lists import lists_from_scores, verify_lists, write_lists
+from minidpo.iterate.pairs import ScoredPrompt, pair_record, pairs_from_scores, votes_pairs, write_pairs
+from minidpo.iterate.round_loss import round_loss_flags
 from minidpo.iterate.sampling import sample_answers
-from minidpo.iterate.summary import eval_figures, write_summary
+from minidpo.iterate.summary import eval_figures, round_line, trained_on, write_summary
 from minidpo.iterate.verifier import ifeval_prompts, verify_pairs
+from minidpo.iterate.votes import read_votes, unpaired_record
 from minidpo.verify import read_ifeval
 
 def _read_json(path: Path):
@@ -63,16 +67,27 @@ def round_prompts(records: list, cfg: IterateConfig, k: int) -> list:
     return stratified(shuffled, cfg.prompts_per_round)
 
 
-def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, judge, rd: Path) -> dict:
-    """Sample, judge and pair (or take the votes); writes samples.jsonl, pairs.jsonl, pairs.json."""
+def votes_round(cfg: IterateConfig, k: int, policy: str, records: list, rd: Path) -> dict:
+    """judge=votes: the A/B votes as pairs, mixed with pairs from --data, and the unpaired votes (thumbs,
+    both bad) as unpaired records trained with kto; ties and both-bad battles counted."""
+    started = time.perf_counter()
+    votes = read_votes(cfg)
+    pairs, counts = votes_pairs(votes.pairs, records, cfg.votes_fraction, random.Random(cfg.seed * 1000 + k),
+                                other_votes=len(votes.unpaired))
+    flags = round_loss_flags(cfg, "unpaired", model=policy, data=cfg.data) if votes.unpaired else []
+    write_jsonl_atomic(rd / "pairs.jsonl", [*(pair_record(p) for p in pairs), *map(unpaired_record, votes.unpaired)])
+    info = {"pairs": {**counts, **votes.counts(), "skipped": 0}, "train_flags": flags,
+            "seconds": {"sample": 0.0, "judge": time.perf_counter() - started}}
+    _write_json(rd / "pairs.json", info)
+    return info
+
+
+def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, judge, rd: Path,
+                     flags: list[str] = ()) -> dict:
+    """Sample, judge and pair (or list, or take the votes); writes samples.jsonl, pairs.jsonl (the round's
+    data: pairs, lists, or pairs and unpaired examples), pairs.json. flags: the round's loss flags."""
     if judge is None:  # judge=votes
-        started = time.perf_counter()
-        pairs, counts = votes_pairs(read_heldout(cfg.votes), records, cfg.votes_fraction,
-                                    random.Random(cfg.seed * 1000 + k))
-        info = {"pairs": {**counts, "skipped": 0}, "seconds": {"sample": 0.0, "judge": time.perf_counter() - started}}
-        write_pairs(rd / "pairs.jsonl", pairs)
-        _write_json(rd / "pairs.json", info)
-        return info
+        return votes_round(cfg, k, policy, records, rd)
     prompts = round_prompts(records, cfg, k)
     settings = SamplingSettings(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                 seed=cfg.seed * 1000 + k * 100)  # answer j of the round: seed + j
@@ -84,7 +99,10 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     flat_scores = score_all(judge, flat)
     n = cfg.samples_per_prompt
     groups = [ScoredPrompt(r, ans, flat_scores[i * n:(i + 1) * n]) for i, (r, ans) in enumerate(zip(prompts, answers))]
-    if cfg.judge == "verify":
+    if cfg.listwise:
+        lists, counts = verify_lists(groups, cfg.verify_margin, cfg.verify_edit) if cfg.judge == "verify" \
+            else lists_from_scores(groups)
+    elif cfg.judge == "verify":
         pairs, counts = verify_pairs(groups, cfg.verify_margin, cfg.verify_edit)
     else:
         pairs, counts = pairs_from_scores(groups)
@@ -92,29 +110,35 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     write_jsonl_atomic(rd / "samples.jsonl", ({"id": g.record.id, "axis": g.record.axis, "lang": g.record.lang,
                                         "prompt": g.record.prompt_messages, "answers": g.answers, "scores": g.scores}
                                        for g in groups))
-    write_pairs(rd / "pairs.jsonl", pairs)
-    info = {"policy": policy, "sampling": settings.to_dict(), "samples_per_prompt": n, "pairs": counts.to_dict(),
-            "seconds": {"sample": sampled - started, "judge": judged - sampled}}
+    if cfg.listwise:
+        write_lists(rd / "pairs.jsonl", lists)
+    else:
+        write_pairs(rd / "pairs.jsonl", pairs)
+        counts = counts.to_dict()
+    info = {"policy": policy, "sampling": settings.to_dict(), "samples_per_prompt": n, "pairs": counts,
+            "train_flags": list(flags), "seconds": {"sample": sampled - started, "judge": judged - sampled}}
     _write_json(rd / "pairs.json", info)
     return info
 
 
-def train_command(cfg: IterateConfig, policy: str, reference: str, data: Path, run_dir: Path, resume: bool) -> list[str]:
-    """The trainer's command line for a round, launched as `make train` launches it."""
+def train_command(cfg: IterateConfig, policy: str, reference: str, data: Path, run_dir: Path, resume: bool,
+                  loss_flags: list[str] = ()) -> list[str]:
+    """The trainer's command line for a round, launched as `make train` launches it; loss_flags (a
+    listwise or votes round's loss, minidpo.iterate.round_loss) come after train_args, so they win."""
     cmd = trainer_command(cfg.launcher, cfg.nproc)
     if cfg.train_config:
         cmd += ["--config", cfg.train_config]
     cmd += ["--model", policy, "--data", str(data), "--output_dir", str(run_dir), "--deepspeed", cfg.deepspeed]
     if reference != policy:
         cmd += ["--ref_model", reference]
-    cmd += shlex.split(cfg.train_args)
+    cmd += shlex.split(cfg.train_args) + list(loss_flags)
     if resume:
         cmd += ["--resume", "true"]
     return cmd
 
 
-def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
-    """DPO of the round's pairs from `policy`; continues a started run. Returns the trainer's summary."""
+def train_round(cfg: IterateConfig, policy: str, rd: Path, log, loss_flags: list[str] = ()) -> dict:
+    """DPO of the round's data from `policy`; continues a started run. Returns the trainer's summary."""
     run_dir = rd / "dpo"
     done = _read_json(run_dir / "summary.json")
     if done:
@@ -122,7 +146,8 @@ def train_round(cfg: IterateConfig, policy: str, rd: Path, log) -> dict:
     latest = run_dir / "checkpoints" / "latest"
     resumed = latest.read_text().strip() if latest.is_file() else None
     reference = cfg.sft_model if cfg.reference == "sft" else policy
-    cmd = train_command(cfg, policy, reference, rd / "pairs.jsonl", run_dir, resume=resumed is not None)
+    cmd = train_command(cfg, policy, reference, rd / "pairs.jsonl", run_dir, resume=resumed is not None,
+                        loss_flags=loss_flags)
     log(("resuming from " + resumed + ": " if resumed else "") + " ".join(shlex.quote(c) for c in cmd))
     started = time.perf_counter()
     rc = subprocess.run(cmd, env=launch_env()).returncode
@@ -193,6 +218,8 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
             read_ifeval(cfg.heldout)
     else:
         records = read_heldout(cfg.data)
+    # a listwise round's loss, checked before anything is sampled
+    list_flags = round_loss_flags(cfg, "lists", model=cfg.model, data=cfg.data) if cfg.listwise else []
     judge = judge if judge is not None else make_judge(cfg)
     rows: list[dict] = []
     if cfg.eval_start and cfg.heldout:
@@ -218,19 +245,17 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
         rd.mkdir(exist_ok=True)
         info = _read_json(rd / "pairs.json") if (rd / "pairs.jsonl").is_file() else None
         if info is None:
-            log(f"round {k}: sampling from {policy}")
-            info = make_round_pairs(cfg, k, policy, records, judge, rd)
+            log(f"round {k}: sampling from {policy}" if judge is not None else f"round {k}: reading the votes")
+            info = make_round_pairs(cfg, k, policy, records, judge, rd, list_flags)
         c = info["pairs"]
-        log(f"round {k}: {c['pairs']} pairs" + (f" ({c['skipped']} prompts skipped: {c.get('all_equal', 0)} all "
-            f"equal, {c.get('unscored', 0)} unscored)" if "skipped" in c and "prompts" in c else "")
-            + (f"; {c['from_edits']} from edits, {c['from_samples']} from sampling alone, {c['below_margin']} "
-               f"prompts below the margin" if "from_edits" in c else ""))
-        if c["pairs"] < cfg.min_pairs:
-            stopped = (f"round {k} has {c['pairs']} pairs, fewer than min_pairs={cfg.min_pairs} "
+        log(f"round {k}: {round_line(c)}")
+        n, unit = trained_on(c)
+        if n < cfg.min_pairs:
+            stopped = (f"round {k} has {n} {unit}, fewer than min_pairs={cfg.min_pairs} "
                        "(answers the judge cannot tell apart): nothing to learn, the loop stops here")
             log(f"minidpo.iterate: {stopped}")
             break
-        trained = train_round(cfg, policy, rd, log)
+        trained = train_round(cfg, policy, rd, log, info.get("train_flags", []))
         export = trained["export"]
         result, eval_seconds = evaluate_round(cfg, export, rd, k)
         row = {"round": k, "label": f"round {k}", "policy": policy, "export": export,

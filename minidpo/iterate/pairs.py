@@ -2,7 +2,7 @@
 
     pairs, counts = pairs_from_scores(groups)     # groups: one ScoredPrompt per prompt
     write_pairs(path, pairs)                      # seed-format JSONL the trainer reads
-    pairs, counts = votes_pairs(votes, originals, fraction, rng)
+    pairs, counts = votes_pairs(votes, originals, fraction, rng)   # + minidpo.iterate.votes' unpaired examples
 """
 
 from __future__ import annotations
@@ -87,10 +87,13 @@ def pairs_from_scores(groups: list[ScoredPrompt]) -> tuple[list[Pair], PairCount
     return pairs, counts
 
 
-def votes_pairs(votes: list, originals: list, fraction: float, rng: random.Random) -> tuple[list[Pair], dict]:
+def votes_pairs(votes: list, originals: list, fraction: float, rng: random.Random,
+                other_votes: int = 0) -> tuple[list[Pair], dict]:
     """Every vote as a pair, mixed with pairs drawn from the original data so that votes are `fraction`
-    of the round's pairs (fraction 1: votes only). votes / originals: `HeldoutPair`s."""
-    n_orig = min(len(originals), round(len(votes) * (1 - fraction) / fraction)) if votes else 0
+    of the round's records (fraction 1: votes only). votes / originals: `HeldoutPair`s; other_votes:
+    the round's vote records that are not pairs (unpaired examples), counted in the fraction."""
+    n_votes = len(votes) + other_votes
+    n_orig = min(len(originals), round(n_votes * (1 - fraction) / fraction)) if n_votes else 0
     drawn = rng.sample(range(len(originals)), n_orig)
     pairs = [Pair(v.prompt_messages, v.chosen, v.rejected, {"source": "votes", **_vote_meta(v)}) for v in votes]
     pairs += [Pair(originals[i].prompt_messages, originals[i].chosen, originals[i].rejected,
@@ -102,19 +105,27 @@ def _vote_meta(v) -> dict:
     return {k: v.meta[k] for k in ("winner", "loser", "timestamp") if k in v.meta}
 
 
-def pair_record(p: Pair) -> dict:
-    """The plain format ({"prompt", "chosen", "rejected", "system"}), or TRL's conversational one
-    for a prompt with earlier turns, which the plain format cannot hold."""
-    msgs = p.prompt_messages
+def prompt_form(msgs: list[dict]) -> tuple[str | list[dict], str | None]:
+    """(prompt text, system text or None) for a prompt of one user turn after at most one system turn,
+    else (the messages, None): TRL's conversational form, for earlier turns the plain form cannot hold."""
     system = [m["content"] for m in msgs if m["role"] == "system"]
     rest = [m for m in msgs if m["role"] != "system"]
     if len(rest) == 1 and len(system) <= 1 and (not system or msgs[0]["role"] == "system"):
-        rec = {"prompt": rest[0]["content"], "chosen": p.chosen, "rejected": p.rejected}
-        if system:
-            rec["system"] = system[0]
+        return rest[0]["content"], (system[0] if system else None)
+    return msgs, None
+
+
+def pair_record(p: Pair) -> dict:
+    """The plain format ({"prompt", "chosen", "rejected", "system"}), or TRL's conversational one
+    for a prompt with earlier turns, which the plain format cannot hold."""
+    prompt, system = prompt_form(p.prompt_messages)
+    if isinstance(prompt, str):
+        rec = {"prompt": prompt, "chosen": p.chosen, "rejected": p.rejected}
     else:
-        rec = {"prompt": msgs, "chosen": [{"role": "assistant", "content": p.chosen}],
+        rec = {"prompt": prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
                "rejected": [{"role": "assistant", "content": p.rejected}]}
+    if system is not None:
+        rec["system"] = system
     rec["meta"] = p.meta
     return rec
 

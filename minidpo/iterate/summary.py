@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from minidpo.eval.ifeval import FIGURES as IFEVAL_FIGURES
+from minidpo.iterate.votes import describe_votes
 
 IFEVAL_COLUMNS = ("prompt_strict", "instruction_loose")  # the two figures issue 26's targets use
 
@@ -45,13 +46,52 @@ def _num(x, fmt="{:.2f}") -> str:
     return "–" if x is None else fmt.format(x)
 
 
+def trained_on(c: dict) -> tuple[int, str]:
+    """A round's training records and what they are: pairs, lists (listwise), or pairs and unpaired votes."""
+    if "lists" in c:
+        return c["lists"], "lists"
+    if c.get("unpaired"):
+        return c["pairs"] + c["unpaired"], "pairs and unpaired examples"
+    return c["pairs"], "pairs"
+
+
+def round_line(c: dict) -> str:
+    """The log's line on a round's data, from its pairs.json counts."""
+    n, unit = trained_on(c)
+    if "votes" in c:
+        return f"{c['pairs']} pairs" + (f" + {c['unpaired']} unpaired examples" if c.get("unpaired") else "") + \
+            ": " + describe_votes(c)
+    line = f"{n} {unit}"
+    if "skipped" in c and "prompts" in c:
+        line += f" ({c['skipped']} prompts skipped: {c.get('all_equal', 0)} all equal, {c.get('unscored', 0)} unscored)"
+    if "from_edits" in c:
+        line += (f"; {c['from_edits']} from edits, {c['from_samples']} from sampling alone, {c['below_margin']} "
+                 "prompts below the margin")
+    return line
+
+
 def _pairs_cell(c: dict) -> str:
-    return f"{c['pairs']} ({c.get('skipped', 0)})" if c else "–"
+    if not c:
+        return "–"
+    records = str(c.get("lists", c.get("pairs")))
+    if c.get("unpaired"):
+        records += f" + {c['unpaired']} unpaired"
+    return f"{records} ({c.get('skipped', 0)})"
+
+
+def _records_head(rows: list[dict]) -> str:
+    return "lists (skipped)" if any("lists" in (r.get("pairs") or {}) for r in rows) else "pairs (skipped)"
+
+
+def votes_notes(rows: list[dict]) -> list[str]:
+    """Below the table, for votes rounds: where the votes went, ties and both-bad votes included."""
+    lines = [f"- round {r['round']}: {describe_votes(r['pairs'])}" for r in rows if "votes" in (r.get("pairs") or {})]
+    return ["", "Votes (--judge votes):", *lines] if lines else []
 
 
 def render_ifeval_markdown(rows: list[dict]) -> list[str]:
     names = {"prompt_strict": "prompt strict", "instruction_loose": "inst. loose"}
-    head = ["round", "policy", "pairs (skipped)", "from edits", *[f"SFT {names[f]}" for f in IFEVAL_COLUMNS],
+    head = ["round", "policy", _records_head(rows), "from edits", *[f"SFT {names[f]}" for f in IFEVAL_COLUMNS],
             *[names[f] for f in IFEVAL_COLUMNS], "KL(π‖π_sft)", "sample s", "train s", "eval s"]
     n = next((r["eval"]["ifeval_prompts"] for r in rows if (r.get("eval") or {}).get("ifeval")), "–")
     lines = ["# Iterative DPO by round (verifier judge)", "",
@@ -72,7 +112,7 @@ def render_ifeval_markdown(rows: list[dict]) -> list[str]:
 
 def render_demo_markdown(rows: list[dict]) -> list[str]:
     axes = sorted({a for r in rows for a in (r.get("eval") or {}).get("judged", {}) if a != "all"})
-    head = ["round", "policy", "pairs (skipped)", *[f"{a}" for a in axes], "all axes", "reward acc.", "KL(π‖π_sft)",
+    head = ["round", "policy", _records_head(rows), *[f"{a}" for a in axes], "all axes", "reward acc.", "KL(π‖π_sft)",
             "sample s", "train s", "eval s"]
     lines = ["# Iterative DPO by round", "",
              "Judged rates: share of sampled held-out answers with the preferred behaviour (the demo judge, "
@@ -92,6 +132,7 @@ def render_demo_markdown(rows: list[dict]) -> list[str]:
 def render_markdown(rows: list[dict], stopped: str | None) -> str:
     verify = any((r.get("eval") or {}).get("ifeval") or "from_edits" in (r.get("pairs") or {}) for r in rows)
     lines = render_ifeval_markdown(rows) if verify else render_demo_markdown(rows)
+    lines += votes_notes(rows)
     if stopped:
         lines += ["", f"**Stopped:** {stopped}"]
     return "\n".join(lines) + "\n"
@@ -109,7 +150,10 @@ def scalars(row: dict) -> dict[str, float]:
         if e.get(key) is not None:
             out[f"iterate/{key}"] = e[key]
     if row.get("pairs"):
-        out["iterate/pairs"] = row["pairs"]["pairs"]
+        c = row["pairs"]
+        out["iterate/lists" if "lists" in c else "iterate/pairs"] = c.get("lists", c.get("pairs"))
+        if c.get("unpaired"):
+            out["iterate/unpaired"] = c["unpaired"]
         if "from_edits" in row["pairs"]:
             out["iterate/pairs_from_edits"] = row["pairs"]["from_edits"]
     for key, s in (row.get("seconds") or {}).items():
