@@ -138,3 +138,92 @@ def test_bench_refuses_unknown_trainers(tmp_path):
     done = subprocess.run([sys.executable, "-m", "minidpo.bench", "--trainers", "minidpo,axolotl",
                            "--out", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "unknown ['axolotl']" in done.stderr
+
+
+# ------------------------------------------------------------------------------ the listwise rows
+
+def test_lists_follow_the_pairs_spread_and_their_pairs_are_every_two_answers():
+    from minidpo.bench.workload import LIST_K, PAIRS_PER_LIST, generate_lists, list_pairs
+
+    w = Workload()
+    lists = generate_lists(w)
+    assert lists == generate_lists(Workload()) and len(lists) == 256 // 6 and (LIST_K, PAIRS_PER_LIST) == (4, 6)
+    assert all(len(answers) == 4 and all(a[-1] == EOS_ID for a in answers) and EOS_ID not in p for p, answers in lists)
+    assert all(len(p) + max(map(len, answers)) <= 512 for p, answers in lists)
+    answers = sorted(len(a) for _, ans in lists for a in ans)
+    assert 70 <= answers[len(answers) // 2] <= 125  # median 96 (168 draws)
+    pairs = list_pairs(w)
+    assert len(pairs) == 6 * len(lists)
+    p, (a, b, c, d) = lists[1]
+    assert pairs[6:12] == [(p, a, b), (p, a, c), (p, a, d), (p, b, c), (p, b, d), (p, c, d)]  # best first
+    assert generate_lists(Workload(pairs=5)) == lists[:1]  # at least one list
+
+
+def test_list_work_is_a_third_of_its_pairs_work_by_hand():
+    """Each answer of a K=4 list is in 3 of its 6 pairs: the lists' FLOPs and useful tokens (each
+    [prompt, answer] once) are a third of the same data trained as pairs; a list counts 6 pairs."""
+    from minidpo.bench.__main__ import unit_work
+    from minidpo.bench.flops import list_flops
+    from minidpo.bench.workload import generate_lists, list_pairs
+
+    cfg = dict(vocab_size=100, hidden_size=8, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+               intermediate_size=16)
+    assert list_flops(cfg, 3, [4, 7]) == dpo_pair_flops(cfg, 3, 4, 7)
+    assert list_flops(cfg, 3, [4, 7, 1]) == 4 * sum(sequence_forward_flops(cfg, 3 + a) for a in (4, 7, 1))
+    w = Workload(model="tiny", pairs=60)
+    lists, pairs = generate_lists(w), list_pairs(w)
+    flops, tokens, per_list = unit_work("minidpo-listwise", w)
+    pair_flops, pair_tokens, per_pair = unit_work("minidpo-listwise-pairs", w)
+    assert (per_list, per_pair, len(lists), len(pairs)) == (6, 1, 10, 60)
+    assert pair_flops * len(pairs) == pytest.approx(3 * flops * len(lists))
+    assert pair_tokens * len(pairs) == pytest.approx(3 * tokens * len(lists))
+    assert tokens * len(lists) == sum(4 * len(p) + sum(map(len, answers)) for p, answers in lists)
+
+
+def test_listwise_rows_train_the_lists_and_their_pairs(tmp_path):
+    """The rows' settings, and the files they read: the lists with scores 3..0 and the same lists as
+    pairs, both tokenized back to the generated ids."""
+    from transformers import AutoTokenizer
+
+    from minidpo.bench.settings import listwise_settings
+    from minidpo.bench.workload import generate_lists, list_pairs
+    from minidpo.data import load_preference_data
+
+    w = Workload(model="tiny", pairs=12)
+    paths = build(w, str(tmp_path))
+    assert listwise_settings("minidpo-listwise", paths) == {
+        "data": paths["lists"], "loss_type": "listwise_pairs", "precompute_ref": False}
+    assert listwise_settings("minidpo-listwise-pairs", paths) == {"data": paths["list_pairs"]}  # as minidpo
+    tok = AutoTokenizer.from_pretrained(paths["model"])
+    lists = load_preference_data(paths["lists"], tok, max_length=512, cache_dir=None, log=None)
+    assert [(r.prompt_ids, r.answer_ids, r.scores) for r in lists] == \
+        [(p, answers, [3.0, 2.0, 1.0, 0.0]) for p, answers in generate_lists(w)]
+    pairs = load_preference_data(paths["list_pairs"], tok, max_length=512, cache_dir=None, log=None)
+    assert [(p.prompt_ids, p.chosen_ids, p.rejected_ids) for p in pairs] == list_pairs(w)
+
+
+@pytest.mark.slow
+def test_bench_runs_the_listwise_row_and_its_pairs_twin(tmp_path):
+    out = tmp_path / "bench"
+    cmd = [sys.executable, "-m", "minidpo.bench", "--model", "tiny", "--pairs", "24", "--rounds", "1",
+           "--trainers", "minidpo-listwise,minidpo-listwise-pairs", "--threads", "1", "--dtype", "fp32",
+           "--check-steps", "2", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads((out / "bench.json").read_text())
+    assert report["check"]["problems"] == []
+    losses = report["check"]["losses"]  # 4 lists: one step; their 24 pairs: 6 steps of 4
+    assert losses["minidpo-listwise"] == [pytest.approx(math.log(2), abs=1e-5)]
+    assert len(losses["minidpo-listwise-pairs"]) == 2
+    assert losses["minidpo-listwise-pairs"][0] == pytest.approx(math.log(2), abs=1e-5)
+    r = report["results"]
+    assert r["minidpo-listwise"]["pairs"] == r["minidpo-listwise-pairs"]["pairs"] == 24  # 4 lists x 6 pairs
+    assert report["targets"] == {}  # other data than the issue's targets are about
+    for name, loss_type, precompute_ref, data in (("minidpo-listwise", "listwise_pairs", False, "lists.jsonl"),
+                                                  ("minidpo-listwise-pairs", "sigmoid", True, "list_pairs.jsonl")):
+        run = json.loads((out / f"run_round0_{name}" / "run_config.json").read_text())["run"]
+        assert (run["loss_type"], run["batch_size"], run["precompute_ref"]) == (loss_type, 4, precompute_ref)
+        assert run["data"].endswith(data)
+    table = (out / "bench.md").read_text()
+    assert "| minidpo, K=4 lists, one row each (listwise_pairs) |" in table
+    assert "| minidpo, the same lists as 6 pairs each (sigmoid) |" in table and "Listwise rows: 4 lists of 4" in table

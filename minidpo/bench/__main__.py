@@ -23,9 +23,10 @@ import subprocess
 import sys
 from dataclasses import asdict
 
-from minidpo.bench.flops import dpo_pair_flops
-from minidpo.bench.settings import TRAINERS, Settings
-from minidpo.bench.workload import MODELS, Workload, build, generate_pairs, pair_work, skewed_workload
+from minidpo.bench.flops import dpo_pair_flops, list_flops
+from minidpo.bench.settings import LISTWISE, TRAINERS, Settings
+from minidpo.bench.workload import (LIST_K, MODELS, PAIRS_PER_LIST, Workload, build, generate_lists, generate_pairs,
+                                    list_pairs, pair_work, skewed_workload)
 from minidpo.data import TokenizedPair, batch_plan
 from minidpo.data.collate import padded_length
 from minidpo.distributed import launch_env
@@ -35,10 +36,13 @@ SKEWED_TRAINERS = "minidpo,minidpo-budget,trl"  # --workload skewed: fixed batch
 LABELS = {"minidpo": "minidpo", "minidpo-ac": "minidpo, activation checkpointing", "trl": "TRL DPOTrainer",
           "naive": "MiniMind-style loop (naive)", "minidpo-simpo": "minidpo, SimPO (no reference model)",
           "minidpo-lora": "minidpo, LoRA r=16 (reference = adapter off, no reference engine)",
-          "minidpo-budget": "minidpo, token budget (--max_tokens_per_batch)"}
+          "minidpo-budget": "minidpo, token budget (--max_tokens_per_batch)",
+          "minidpo-listwise": f"minidpo, K={LIST_K} lists, one row each (listwise_pairs)",
+          "minidpo-listwise-pairs": f"minidpo, the same lists as {PAIRS_PER_LIST} pairs each (sigmoid)"}
 OTHER_OBJECTIVES = ("minidpo-simpo",)  # timed and measured beside DPO; not in the DPO numerics check or targets
-# trains other parameters (LoRA) or other batches (a token budget): only its step-0 loss (ln 2) is checked
-DIFFERENT_UPDATES = ("minidpo-lora", "minidpo-budget")
+# trains other parameters (LoRA), other batches (a token budget) or other data (the lists): only its step-0
+# loss (ln 2) is checked
+DIFFERENT_UPDATES = ("minidpo-lora", "minidpo-budget") + LISTWISE
 
 
 def _env(threads: int) -> dict:
@@ -111,18 +115,29 @@ def check_numerics(results: dict, tolerance: float) -> list[str]:
     return problems
 
 
-def summarise(name: str, runs: list[dict], w: Workload, peak_gflops: float) -> dict:
-    pairs = generate_pairs(w)
-    mean_flops = sum(dpo_pair_flops(w.model_config, len(p), len(c), len(r)) for p, c, r in pairs) / len(pairs)
+def unit_work(name: str, w: Workload) -> tuple[float, float, int]:
+    """What one row a trainer counts holds: (model FLOPs, useful tokens, pairs), as means over the data it
+    trains on. A row is a pair, or for minidpo-listwise a list of LIST_K answers: PAIRS_PER_LIST pairs."""
+    if name == "minidpo-listwise":
+        lists = generate_lists(w)
+        flops = sum(list_flops(w.model_config, len(p), [len(a) for a in answers]) for p, answers in lists)
+        tokens = sum(len(p) * len(answers) + sum(map(len, answers)) for p, answers in lists)
+        return flops / len(lists), tokens / len(lists), PAIRS_PER_LIST
+    pairs = list_pairs(w) if name == "minidpo-listwise-pairs" else generate_pairs(w)
+    flops = sum(dpo_pair_flops(w.model_config, len(p), len(c), len(r)) for p, c, r in pairs) / len(pairs)
     if name == "minidpo-simpo":  # no reference forward: the policy's forward + backward, 3 of DPO's 4 forwards
-        mean_flops *= 3 / 4
-    mean_tokens = pair_work(w)["useful_tokens"] / len(pairs)
+        flops *= 3 / 4
+    return flops, sum(2 * len(p) + len(c) + len(r) for p, c, r in pairs) / len(pairs), 1
+
+
+def summarise(name: str, runs: list[dict], w: Workload, peak_gflops: float) -> dict:
+    mean_flops, mean_tokens, pairs_per_row = unit_work(name, w)
     r = sorted(runs, key=lambda x: x["seconds"])[len(runs) // 2]  # the median round
-    rate = r["pairs"] / r["seconds"]
+    rate = r["pairs"] / r["seconds"]  # rows (pairs, or lists) a second
     return {
-        "trainer": name, "pairs": r["pairs"], "seconds": round(r["seconds"], 2),
+        "trainer": name, "pairs": r["pairs"] * pairs_per_row, "seconds": round(r["seconds"], 2),
         "seconds_all_rounds": [round(x["seconds"], 2) for x in runs],
-        "pairs_per_s": rate, "useful_tokens_per_s": rate * mean_tokens,
+        "pairs_per_s": rate * pairs_per_row, "useful_tokens_per_s": rate * mean_tokens,
         "computed_positions": r["positions"], "padded_positions": r["positions"] - r["real_positions"],
         "padding_fraction": 1 - r["real_positions"] / max(r["positions"], 1),
         "peak_rss_gb": max(x["peak_rss_gb"] for x in runs),
@@ -137,7 +152,7 @@ def targets(results: dict) -> dict:
     MFU >= 45%, peak memory <= 0.6x TRL's (only the comparisons whose trainers ran)."""
     out = {}
     for name, r in results.items():
-        if not name.startswith("minidpo") or name in OTHER_OBJECTIVES:
+        if not name.startswith("minidpo") or name in OTHER_OBJECTIVES + LISTWISE:  # LISTWISE: other data
             continue
         t = {"mfu >= 45%": r["mfu"] >= 0.45}
         if "trl" in results:
@@ -170,6 +185,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {LABELS[name]} | {r['pairs_per_s']:.2f} | {r['useful_tokens_per_s']:.0f} | "
                      f"{r['padded_positions']} ({r['padding_fraction']:.0%}) | {r['peak_memory_gb']:.2f} GB | "
                      f"{r['mfu']:.1%} | {vs[0]} | {vs[1]} |")
+    if set(LISTWISE) & set(rows):
+        lines += ["", f"Listwise rows: {max(1, w['pairs'] // PAIRS_PER_LIST)} lists of {LIST_K} answers (the same "
+                  f"length spread), {PAIRS_PER_LIST} pairs each; pairs/s counts {PAIRS_PER_LIST} pairs a list; useful "
+                  "tokens and MFU count each [prompt, answer] once per list (as separate sequences would); the lists "
+                  "score the reference per batch; their pairs are trained as the minidpo row trains pairs."]
     for name, t in report["targets"].items():
         lines += ["", f"Targets, {LABELS[name]}: " + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in t.items())]
     check = report["check"]
@@ -259,7 +279,8 @@ def main(argv=None) -> int:
             print(f"bench: round {rnd + 1}/{a.rounds}, {t}", flush=True)
             runs[t].append(_worker(t, workload_dir, s, os.path.join(a.out, f"round{rnd}_{t}.json")))
             r = runs[t][-1]
-            print(f"bench:   {r['pairs']} pairs in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
+            rows = "lists" if t == "minidpo-listwise" else "pairs"
+            print(f"bench:   {r['pairs']} {rows} in {r['seconds']:.1f} s, peak RSS {r['peak_rss_gb']:.2f} GB", flush=True)
     results = {t: summarise(t, rs, w, peak) for t, rs in runs.items()}
     gpu = any("peak_gpu_gb" in x for rs in runs.values() for x in rs)
     report = {"machine": _machine(a.threads), "peak_gflops": peak, "memory_kind": "GPU memory" if gpu else "RSS",

@@ -19,7 +19,12 @@ def sequence_forward_flops(cfg: dict, length: int) -> float:
     return 2.0 * matmul_params(cfg) * length + 2.0 * cfg["num_hidden_layers"] * cfg["hidden_size"] * length ** 2
 
 
+def list_flops(cfg: dict, prompt: int, answers: list[int]) -> float:
+    """K answers to one prompt: policy forward + backward (3x forward) and one reference forward on each
+    [prompt, answer_k], the prompt counted once per answer (however a trainer shares it)."""
+    return 4.0 * sum(sequence_forward_flops(cfg, prompt + answer) for answer in answers)
+
+
 def dpo_pair_flops(cfg: dict, prompt: int, chosen: int, rejected: int) -> float:
-    """One DPO pair: policy forward + backward (3x forward) and one reference forward, on both
-    [prompt, chosen] and [prompt, rejected]."""
-    return 4.0 * sum(sequence_forward_flops(cfg, prompt + answer) for answer in (chosen, rejected))
+    """One DPO pair: a list of two answers, [prompt, chosen] and [prompt, rejected]."""
+    return list_flops(cfg, prompt, [chosen, rejected])

@@ -1,6 +1,7 @@
 """minidpo in the bench: the real `minidpo.train.train` on a single-process DeepSpeed engine, with the
 reference log-probs precomputed (their pass is part of the measured time and never read from a cache).
-With LoRA (minidpo-lora) that pass is the policy engine with its adapter off: no reference engine."""
+With LoRA (minidpo-lora) that pass is the policy engine with its adapter off: no reference engine. The
+listwise rows (settings.LISTWISE) score the reference per batch instead."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0, activation_checkpointing: int = 0,
-        loss: dict | None = None, lora_r: int = 0, token_budget: bool = False) -> dict:
-    """`loss`: loss settings that replace the workload's sigmoid (e.g. settings.SIMPO with loss_type simpo);
+        over: dict | None = None, lora_r: int = 0, token_budget: bool = False) -> dict:
+    """`over`: RunConfig settings that replace the bench's (settings.SIMPO with loss_type simpo, a listwise
+    row's data and loss: settings.listwise_settings); precompute_ref follows the loss unless `over` sets it;
     `lora_r` > 0: a LoRA adapter of that rank (alpha 2 r), the reference its adapter switched off;
     `token_budget`: micro-batches filled up to `s.token_budget` packed positions instead of `batch_size` pairs."""
     import minidpo.reference
@@ -36,8 +38,9 @@ def run(paths: dict, s: Settings, out_dir: str, order=None, zero_stage: int = 0,
         seed=s.seed, max_steps=s.max_steps, log_interval=1, save_interval=0, export=False,
         activation_checkpointing=activation_checkpointing, lora_r=lora_r, lora_alpha=2.0 * lora_r,
         max_tokens_per_batch=s.token_budget if token_budget else 0)
-    if loss:
-        cfg = dataclasses.replace(cfg, **loss, precompute_ref=needs_reference(loss["loss_type"]))
+    if over:
+        cfg = dataclasses.replace(cfg, **{"precompute_ref": needs_reference(over.get("loss_type", cfg.loss_type)),
+                                          **over})
     summary = train(cfg)
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         losses = [json.loads(line)["loss"] for line in f]

@@ -13,6 +13,12 @@ SIMPO = {"beta": 2.0, "simpo_gamma": 0.5}
 TRAINERS += ("minidpo-lora",)  # minidpo with a LoRA adapter (LORA_R); the reference is the adapter switched off
 LORA_R = 16
 TRAINERS += ("minidpo-budget",)  # minidpo with --max_tokens_per_batch Settings.token_budget instead of batch_size
+# minidpo-listwise: the workload's lists of LIST_K answers (workload.generate_lists), one row each, loss_type
+# listwise_pairs, batch_size lists a step, the reference scored per batch (a listwise run cannot precompute it);
+# minidpo-listwise-pairs: the same lists as their PAIRS_PER_LIST pairs each, trained as minidpo trains pairs
+# (the `minidpo` row's settings: sigmoid, batch_size pairs a step, the reference precomputed). `listwise_settings`.
+LISTWISE = ("minidpo-listwise", "minidpo-listwise-pairs")
+TRAINERS += LISTWISE
 
 
 @dataclass
@@ -28,3 +34,10 @@ class Settings:
     seed: int = 0
     max_steps: int = -1       # -1: one epoch over the workload's pairs
     token_budget: int = 2048  # minidpo-budget only: packed positions per micro-batch
+
+
+def listwise_settings(trainer: str, paths: dict) -> dict:
+    """The RunConfig settings of a LISTWISE trainer that replace the bench's (`paths`: workload.workload_paths)."""
+    if trainer == "minidpo-listwise":
+        return {"data": paths["lists"], "loss_type": "listwise_pairs", "precompute_ref": False}
+    return {"data": paths["list_pairs"]}

@@ -45,12 +45,14 @@ def main(argv=None) -> None:
 
         from minidpo.bench import run_minidpo
 
-        from minidpo.bench.settings import LORA_R, SIMPO
+        from minidpo.bench.settings import LISTWISE, LORA_R, SIMPO, listwise_settings
 
+        over = {"loss_type": "simpo", **SIMPO} if a.trainer == "minidpo-simpo" else None
+        if a.trainer in LISTWISE:
+            over = listwise_settings(a.trainer, paths)
         run = functools.partial(run_minidpo.run, activation_checkpointing=int(a.trainer == "minidpo-ac"),
                                 lora_r=LORA_R if a.trainer == "minidpo-lora" else 0,
-                                token_budget=a.trainer == "minidpo-budget",
-                                loss={"loss_type": "simpo", **SIMPO} if a.trainer == "minidpo-simpo" else None)
+                                token_budget=a.trainer == "minidpo-budget", over=over)
     elif a.trainer == "trl":
         from minidpo.bench.run_trl import run
     else:

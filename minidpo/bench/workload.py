@@ -5,7 +5,8 @@ word-level one ("w17" is token 17) with a chat template that adds nothing but an
 answer, so every pipeline must arrive at exactly the token ids generated here (checked by
 `check_tokenization`). Lengths follow a log-normal spread like real preference data: median prompt
 64 tokens, median answer 96, a long tail to 384, everything within max_length (`skewed_workload`:
-mostly short pairs and a few ten times longer, for token-budget batches).
+mostly short pairs and a few ten times longer, for token-budget batches). `generate_lists`: the same spread
+as lists of LIST_K answers (best first) for the listwise rows, and `list_pairs` the same lists as pairs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ MODELS = {
                          num_key_value_heads=3, intermediate_size=1536, tie_word_embeddings=True),
 }
 SPECIAL = ["<pad>", "<eos>", "<unk>"]
+LIST_K = 4  # answers a list; every two of them differ in score, so a list is LIST_K (LIST_K - 1) / 2 pairs
+PAIRS_PER_LIST = LIST_K * (LIST_K - 1) // 2
 PAD_ID, EOS_ID = 0, 1
 CHAT_TEMPLATE = (
     "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
@@ -79,6 +82,27 @@ def generate_pairs(w: Workload) -> list[tuple[list[int], list[int], list[int]]]:
     return pairs
 
 
+def generate_lists(w: Workload) -> list[tuple[list[int], list[list[int]]]]:
+    """(prompt_ids, LIST_K answers' ids, best first) per list: w.pairs // PAIRS_PER_LIST lists (at least one),
+    so they hold about as many pairs as the pairs workload; the plain length spread; answers end with EOS."""
+    rng = random.Random(w.seed + 1)  # a stream of its own: the pairs stay as they are
+    vocab = w.model_config["vocab_size"]
+    lists = []
+    for _ in range(max(1, w.pairs // PAIRS_PER_LIST)):
+        p = _lognormal(rng, w.prompt_median, 0.45, 4, w.max_length // 2)
+        room = min(w.response_max, w.max_length - p)
+        lengths = [_lognormal(rng, w.response_median, 0.6, 2, room) for _ in range(LIST_K)]
+        prompt = [rng.randrange(len(SPECIAL), vocab) for _ in range(p)]
+        lists.append((prompt, [[rng.randrange(len(SPECIAL), vocab) for _ in range(n - 1)] + [EOS_ID] for n in lengths]))
+    return lists
+
+
+def list_pairs(w: Workload) -> list[tuple[list[int], list[int], list[int]]]:
+    """The lists as pairs: (prompt_ids, better, worse) for every two answers of each list, list by list."""
+    return [(prompt, answers[i], answers[j]) for prompt, answers in generate_lists(w)
+            for i in range(LIST_K) for j in range(i + 1, LIST_K)]
+
+
 def skewed_workload(model: str = "minimind-26m", pairs: int = 512) -> Workload:
     """Most pairs short (packed rows ~60-200 tokens), one in twenty ten times longer (~700-1800): the
     spread where a fixed pair count per micro-batch pays for its longest pair (token budgets' case)."""
@@ -91,17 +115,18 @@ def _text(ids: list[int]) -> str:
 
 
 def workload_paths(out_dir: str) -> dict:
-    """Where `build` puts the model folder and the pairs."""
-    return {"model": os.path.join(out_dir, "model"), "data": os.path.join(out_dir, "pairs.jsonl")}
+    """Where `build` puts the model folder, the pairs, the lists and the lists as pairs."""
+    return {"model": os.path.join(out_dir, "model"), "data": os.path.join(out_dir, "pairs.jsonl"),
+            "lists": os.path.join(out_dir, "lists.jsonl"), "list_pairs": os.path.join(out_dir, "list_pairs.jsonl")}
 
 
 def build(w: Workload, out_dir: str) -> dict:
-    """Write `model/` (random-init Llama + tokenizer) and `pairs.jsonl` into out_dir; reuse them when the
-    workload is unchanged. Returns the paths."""
+    """Write `model/` (random-init Llama + tokenizer), `pairs.jsonl`, `lists.jsonl` ({"prompt", "responses",
+    "scores"}) and `list_pairs.jsonl` into out_dir; reuse them when the workload is unchanged. Returns the paths."""
     paths = workload_paths(out_dir)
-    model_dir, data = paths["model"], paths["data"]
+    model_dir = paths["model"]
     stamp = os.path.join(out_dir, "workload.json")
-    if os.path.isfile(stamp) and json.load(open(stamp)) == asdict(w):
+    if os.path.isfile(stamp) and json.load(open(stamp)) == asdict(w) and all(map(os.path.exists, paths.values())):
         return paths
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -119,9 +144,15 @@ def build(w: Workload, out_dir: str) -> dict:
     torch.manual_seed(w.seed)
     LlamaForCausalLM(config).save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
-    with open(data, "w") as f:
-        for prompt, chosen, rejected in generate_pairs(w):
-            f.write(json.dumps({"prompt": _text(prompt), "chosen": _text(chosen), "rejected": _text(rejected)}) + "\n")
+    for name, pairs in (("data", generate_pairs(w)), ("list_pairs", list_pairs(w))):
+        with open(paths[name], "w") as f:
+            for prompt, chosen, rejected in pairs:
+                record = {"prompt": _text(prompt), "chosen": _text(chosen), "rejected": _text(rejected)}
+                f.write(json.dumps(record) + "\n")
+    with open(paths["lists"], "w") as f:
+        for prompt, answers in generate_lists(w):
+            f.write(json.dumps({"prompt": _text(prompt), "responses": [_text(a) for a in answers],
+                                "scores": list(range(LIST_K - 1, -1, -1))}) + "\n")
     with open(stamp, "w") as f:
         json.dump(asdict(w), f, indent=2)
     return paths
