@@ -14,6 +14,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from test_kto import _cfg as kto_cfg
+
 from minidpo.checkpoint import content_hash
 from minidpo.config import RunConfig, validate
 from minidpo.data import batch_plan, load_preference_data
@@ -125,12 +127,7 @@ def test_a_mixed_plan_keeps_one_kind_per_micro_step_on_every_rank():
 # ------------------------------------------------------------------------------------------- settings
 
 def _cfg(tmp_path, model_dir, **over):
-    data = tmp_path / "votes.jsonl"
-    data.write_text('{"prompt": "a", "completion": "b", "label": true}\n')
-    kw = dict(model=model_dir, data=str(data), output_dir=str(tmp_path / "out"),
-              deepspeed=os.path.join(ROOT, "ds_configs/zero2.json"), loss_type="sigmoid,kto")
-    kw.update(over)
-    return RunConfig(**kw)
+    return kto_cfg(tmp_path, model_dir, **{"loss_type": "sigmoid,kto", **over})  # test_kto's, another loss
 
 
 @pytest.mark.parametrize("over, message", [
