@@ -6,6 +6,7 @@ restart: computing it once saves one forward of the reference per micro-step, an
 engine's memory during training. Only the pairs the run trains on are scored (max_steps may use a
 fraction of the data). The cache key covers the pairs' token ids, the reference weights
 (files, sizes, modification times), the precision and the reduction, so any change recomputes.
+Listwise rows (K ranked answers, minidpo.listwise_logps) take the same path: one column per answer.
 LD-DPO (`ld_alpha`) only reweights the policy's log-probs, as TRL, LLaMA-Factory and ms-swift do: the
 cached reference sums are the plain ones, so the key does not depend on it.
 """
@@ -19,9 +20,11 @@ import os
 import torch
 import torch.distributed as dist
 
-from minidpo.data.collate import collate_packed, collate_pairs, padded_length
+from minidpo.data.collate import collate_listwise, collate_packed, collate_pairs, padded_length, row_parts
+from minidpo.data.listwise import TokenizedList, are_lists, row_unit
 from minidpo.errors import ConfigError
 from minidpo.fsutil import atomic_file, cache_dir
+from minidpo.listwise_logps import listwise_logps
 from minidpo.lora import POLICY, REFERENCE, reference_adapter, syncs_adapter, twin_name
 from minidpo.logprobs import pair_logps
 from minidpo.metrics import progress
@@ -35,11 +38,27 @@ def reference_cache_key(dataset, ref_path: str, dtype: str, reduction: str, adap
         for name in sorted(os.listdir(folder)):
             st = os.stat(os.path.join(folder, name))
             h.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for pair in dataset:
-        for ids in (pair.prompt_ids, pair.chosen_ids, pair.rejected_ids):
+    for row in dataset:
+        parts = row_parts(row)
+        if isinstance(row, TokenizedList):  # K varies: where the row ends (pairs' keys are unchanged)
+            h.update(b"L" + len(parts).to_bytes(4, "little"))
+        for ids in parts:
             h.update(len(ids).to_bytes(4, "little"))
             h.update(torch.tensor(ids, dtype=torch.int32).numpy().tobytes())
     return h.hexdigest()[:24]
+
+
+def table_columns(dataset) -> int:
+    """A pair's 2 (chosen, rejected), or the most answers of any list (a shorter list's other columns: 0)."""
+    return max(len(row.answer_ids) for row in dataset) if are_lists(dataset) else 2
+
+
+def _row_logps(reference, batch: dict, reduction: str) -> torch.Tensor:
+    """(B, columns) of a collated batch: [chosen, rejected] of pairs, each answer's sum of listwise rows."""
+    if "answer_index" in batch:
+        return listwise_logps(reference, batch)
+    chosen, rejected, _ = pair_logps(reference, batch, reduction)
+    return torch.stack([chosen, rejected], dim=1)
 
 
 @torch.no_grad()
@@ -47,10 +66,11 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
                             device, rank: int = 0, world_size: int = 1, packed: bool = False,
                             pairs=None) -> torch.Tensor:
     """(N, 2) float32 table of [log ref(chosen|x), log ref(rejected|x)] for the pairs `pairs` (indices,
-    the same on every rank; default: all of `dataset`); the other rows stay 0.
+    the same on every rank; default: all of `dataset`); the other rows stay 0. Listwise rows: (N, Kmax),
+    log ref(y_k|x) summed over answer k's tokens in column k (0 past a list's K).
     Each rank scores every world_size-th pair (length-sorted batches), then one all-reduce joins them."""
-    table = torch.zeros(len(dataset), 2, dtype=torch.float32)
-    collate = collate_packed if packed else collate_pairs
+    table = torch.zeros(len(dataset), table_columns(dataset), dtype=torch.float32)
+    collate = collate_listwise if are_lists(dataset) else collate_packed if packed else collate_pairs
     pairs = range(len(dataset)) if pairs is None else list(pairs)
     mine = sorted(pairs[rank::world_size], key=lambda i: padded_length(dataset[i], packed))
     n_batches = -(-len(mine) // batch_size)
@@ -61,8 +81,8 @@ def compute_reference_logps(reference, dataset, *, batch_size: int, pad_token_id
     for b in progress(range(n_batches), desc="reference log-probs", enabled=rank == 0, unit="batch"):
         indices = mine[b * batch_size:(b + 1) * batch_size] or mine[:1] or pairs[:1]  # a spare rank repeats a pair
         batch = {k: v.to(device) for k, v in collate([dataset[i] for i in indices], pad_token_id).items()}
-        chosen, rejected, _ = pair_logps(reference, batch, reduction)
-        table[indices] = torch.stack([chosen, rejected], dim=1).float().cpu()
+        logps = _row_logps(reference, batch, reduction)
+        table[indices, :logps.shape[1]] = logps.float().cpu()
     if not mine:
         table.zero_()  # this rank had no pairs of its own: it only took part in the collectives
     if world_size > 1:
@@ -74,22 +94,24 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
                                     world_size: int, packed: bool = False, log=print, pairs=None) -> torch.Tensor:
     """The table for the pairs the run trains on (`pairs`, indices; default all): the cached rows where
     the cache has them, the missing ones computed with `make_reference()` (an engine built only then,
-    and released on return) and added to the cache by rank 0. The cache is one (N, 2) table per key,
-    NaN on rows never scored, so a longer run later scores only the pairs it adds."""
+    and released on return) and added to the cache by rank 0. The cache is one (N, 2) table per key
+    ((N, Kmax) for lists), NaN on rows never scored, so a longer run later scores only the pairs it adds."""
     key = reference_cache_key(dataset, cfg.ref_model_path, cfg.dtype, cfg.logps_reduction, reference_adapter(cfg))
     path = os.path.join(CACHE_DIR, f"{key}.pt")
     found = torch.tensor([int(os.path.isfile(path))])
     if world_size > 1:  # load only if every rank sees the file (nodes may not share a disk)
         dist.all_reduce(found, op=dist.ReduceOp.MIN)
-    table = torch.load(path, weights_only=True) if found.item() else torch.full((len(dataset), 2), float("nan"))
+    table = torch.load(path, weights_only=True) if found.item() else \
+        torch.full((len(dataset), table_columns(dataset)), float("nan"))
     needed = torch.zeros(len(dataset), dtype=torch.bool)
     needed[list(range(len(dataset)) if pairs is None else pairs)] = True
     missing = (needed & table.isnan().any(1)).int()
     if world_size > 1:  # every rank scores the same set, even if the nodes' caches differ
         dist.all_reduce(missing, op=dist.ReduceOp.MAX)
     missing = missing.nonzero().flatten().tolist()
+    unit = row_unit(dataset)
     if not missing:
-        log(f"reference log-probs: {int(needed.sum())} pairs from {path}")
+        log(f"reference log-probs: {int(needed.sum())} {unit} from {path}")
         return table
     scored = compute_reference_logps(make_reference(), dataset, batch_size=cfg.batch_size, pad_token_id=pad_token_id,
                                      reduction=cfg.logps_reduction, device=device, rank=rank, world_size=world_size,
@@ -99,7 +121,7 @@ def load_or_compute_reference_logps(make_reference, dataset, cfg, *, pad_token_i
     if rank == 0:
         with atomic_file(path) as tmp:
             torch.save(table, tmp)
-        log(f"reference log-probs: computed for {len(missing)} of the {int(needed.sum())} pairs trained on "
+        log(f"reference log-probs: computed for {len(missing)} of the {int(needed.sum())} {unit} trained on "
             f"({len(dataset)} in the data), cached in {path}")
     return table
 

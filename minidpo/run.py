@@ -81,7 +81,8 @@ class Run:
     @property
     def batching(self) -> Batching:
         c = self.cfg
-        return Batching(c.batch_size, c.grad_accum, c.max_tokens_per_batch, c.seed, c.epochs, c.group_by_length)
+        return Batching(c.batch_size, c.grad_accum, c.max_tokens_per_batch, c.seed, c.epochs, c.group_by_length,
+                        self.unit)
 
     def lengths(self, packed: bool) -> list[int]:
         if packed not in self._lengths:
@@ -118,6 +119,11 @@ class Run:
         """K ranked answers a row (loss_type listwise_pairs / plackett_luce): one [prompt, answer_1..K] row each."""
         loss_type = getattr(self.cfg, "loss_type", None)
         return loss_type is not None and any(n in LISTWISE_LOSSES for n in loss_names(loss_type))
+
+    @property
+    def unit(self) -> str:
+        """What a row is called in messages: "lists" (listwise) or "pairs"."""
+        return "lists" if self.listwise else "pairs"
 
     def collate(self, indices):
         pairs = [self.dataset[i] for i in indices]
@@ -191,8 +197,8 @@ def prepare_run(cfg, check_data: Callable | None = None) -> Run:
         raise ConfigError(f"--data {cfg.data}: {e}") from e
     run.steps_per_epoch = micro_per_epoch // cfg.grad_accum
     if run.steps_per_epoch == 0:
-        raise ConfigError(f"--data {cfg.data}: {len(dataset)} pairs make less than one optimizer step of "
-                          f"{cfg.batch_size} x {cfg.grad_accum} x {world_size} pairs")
+        raise ConfigError(f"--data {cfg.data}: {len(dataset)} {run.unit} make less than one optimizer step of "
+                          f"{cfg.batch_size} x {cfg.grad_accum} x {world_size} {run.unit}")
     run.total_steps = run.steps_per_epoch * cfg.epochs
     if cfg.max_steps > 0:
         run.total_steps = min(run.total_steps, cfg.max_steps)
@@ -213,13 +219,19 @@ def start_or_resume(run: Run, log) -> tuple[dict, bool]:
 def write_summary(run: Run, steps: int, seconds: float, totals: dict | None = None,
                   skipped_steps: int | None = None, health: list[dict] | None = None) -> dict:
     """summary.json: steps, training seconds, and (DPO) the run's pair, token and padding totals and its
-    health warnings (minidpo.health; None: the checks were off or this is not rank 0)."""
+    health warnings (minidpo.health; None: the checks were off or this is not rank 0). "pairs" counts
+    the data's rows (and trained.pairs the rows trained): a listwise run's lists, which it also gives as
+    "lists" (with "answers", all K of every list) and trained.lists."""
     summary = {"steps": steps, "seconds": round(seconds, 3), "pairs": len(run.dataset),
                "world_size": run.world_size, "export": os.path.join(run.cfg.output_dir, "export")}
+    if run.listwise:
+        summary.update(lists=len(run.dataset), answers=sum(len(r.answer_ids) for r in run.dataset))
     if skipped_steps is not None:  # updates skipped for a non-finite loss or gradient (minidpo.nonfinite)
         summary["train/skipped_steps"] = skipped_steps
     if totals:
         summary["trained"] = {k: int(v) for k, v in totals.items()}
+        if run.listwise:
+            summary["trained"]["lists"] = summary["trained"]["pairs"]
     if health is not None:
         summary["health"] = health
     if run.rank == 0:

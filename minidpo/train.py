@@ -16,7 +16,7 @@ from minidpo import checkpoint, lora
 from minidpo.config import RunConfig, report_to_names
 from minidpo.ds_config import reference_ds_config
 from minidpo.data.collate import real_tokens
-from minidpo.data.listwise import TokenizedList
+from minidpo.data.listwise import TokenizedList, count_lists
 from minidpo.engine import build_policy_engine, build_reference_engine, device
 from minidpo.errors import ConfigError
 from minidpo.fault_injection import inject, poison_loss
@@ -146,12 +146,18 @@ def kto_micro_step(cfg: RunConfig, labels: list[bool], logps, ref_logps, reduce,
     return losses * weight, rewards, labels, kl
 
 
-def listwise_micro_step(cfg: RunConfig, policy, reference, batch: dict, lists_per_micro: float):
+def listwise_micro_step(cfg: RunConfig, policy, reference, batch: dict, lists_per_micro: float,
+                        ref_rows: torch.Tensor | None = None):
     """listwise_pairs / plackett_luce on collate_listwise rows: (the loss to backward, normalised per
-    micro-step like pairs', the tracker's values). The rewards and log-probs logged as chosen / rejected are
-    the best and the worst answer's of each list; rewards/accuracies is the share of ordered pairs ranked right."""
-    with torch.no_grad():
-        ref_logps = listwise_logps(reference, batch)
+    micro-step like pairs', the tracker's values). The reference's log-probs: `ref_rows`, the micro-batch's
+    rows of --precompute_ref's (N, Kmax) table, else a forward of `reference`. The rewards and log-probs
+    logged as chosen / rejected are the best and the worst answer's of each list; rewards/accuracies is the
+    share of ordered pairs ranked right."""
+    if ref_rows is not None:  # as wide as the data's longest list: cut to this batch's
+        ref_logps = ref_rows[:, :batch["valid"].shape[1]].to(batch["input_ids"].device)
+    else:
+        with torch.no_grad():
+            ref_logps = listwise_logps(reference, batch)
     logps = listwise_logps(policy, batch)
     scores, valid = batch["scores"], batch["valid"]
     loss, rewards = listwise_loss(loss_names(cfg.loss_type)[0], logps, ref_logps, scores, valid, beta=cfg.beta)
@@ -211,7 +217,7 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
     step, rank_state = state["step"], state.get("rank_state", {})
     unpaired = sum(label is not None for label in run.dataset.labels)
     rows = f"{len(run.dataset) - unpaired} pairs + {unpaired} unpaired examples" if unpaired else \
-        f"{len(run.dataset)} pairs"
+        count_lists([len(r.answer_ids) for r in run.dataset]) if run.listwise else f"{len(run.dataset)} pairs"
     run.log(f"minidpo: {rows}, {run.world_size} rank(s), {run.total_steps} optimizer steps "
             f"({run.steps_per_epoch}/epoch), ZeRO-{policy.zero_optimization_stage()}, {cfg.dtype}"
             + (f", resumed at step {step}" if step else ""))
@@ -284,7 +290,8 @@ def _train(cfg: RunConfig, stop: StopRequest) -> dict:
 
     for micro, indices, batch in run.micro_batches(step):
         if run.listwise:
-            loss, values = listwise_micro_step(cfg, policy, reference, batch, run.pairs_per_micro(step))
+            loss, values = listwise_micro_step(cfg, policy, reference, batch, run.pairs_per_micro(step),
+                                               None if ref_table is None else ref_table[indices])
             values.update(tokens=list_tokens(run.dataset[i] for i in indices),
                           positions=batch["input_ids"].numel(), real_positions=real_tokens(batch), aux_loss=0.0)
         else:

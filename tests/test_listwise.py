@@ -249,8 +249,6 @@ def _cfg(tmp_path, model, data, **over):
 
 
 @pytest.mark.parametrize("over, message", [
-    (dict(precompute_ref=True), "--precompute_ref is not supported with loss_type listwise_pairs"),
-    (dict(max_tokens_per_batch=512), "--max_tokens_per_batch is not supported with loss_type listwise_pairs"),
     (dict(sync_ref_model=True), "--sync_ref_model is not supported with loss_type listwise_pairs"),
     (dict(loss_type="plackett_luce", ld_alpha=0.5), "ld_alpha only applies to loss_type"),
     (dict(use_weighting=True), "use_weighting does not apply to loss_type 'listwise_pairs'"),
@@ -266,6 +264,8 @@ def test_listwise_run_settings_are_one_line_config_errors(tmp_path, tiny_model_d
     data = _lists_file(tmp_path, 2)
     validate(_cfg(tmp_path, tiny_model_dir, data))
     validate(_cfg(tmp_path, tiny_model_dir, data, loss_type="plackett_luce"))
+    # the reference computed once and the token budget work for lists (tests/test_listwise_reference.py, _budget.py)
+    validate(_cfg(tmp_path, tiny_model_dir, data, precompute_ref=True, max_tokens_per_batch=512))
     with pytest.raises(ConfigError, match=message) as e:
         validate(_cfg(tmp_path, tiny_model_dir, data, **over))
     assert "\n" not in str(e.value)

@@ -132,12 +132,9 @@ def _check_listwise(cfg) -> None:
     names = [n for n in loss_names(cfg.loss_type) if n in LISTWISE_LOSSES]
     if not names:
         return
-    unsupported = (("precompute_ref", "the reference is scored per batch, on the same K-answer rows"),
-                   ("max_tokens_per_batch", "batches are batch_size lists"),
-                   ("sync_ref_model", "TR-DPO is not implemented for it"))
-    for name, why in unsupported:
-        if getattr(cfg, name, None):
-            raise ConfigError(f"--{name} is not supported with loss_type {names[0]} ({why})")
+    if getattr(cfg, "sync_ref_model", None):
+        raise ConfigError(f"--sync_ref_model is not supported with loss_type {names[0]} (TR-DPO is not implemented "
+                          "for it)")
     if cfg.logps_reduction != "sum":
         raise ConfigError(f"--logps_reduction {cfg.logps_reduction} is not supported with loss_type {names[0]} "
                           "(its rewards are summed log-probs)")

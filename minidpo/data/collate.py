@@ -90,13 +90,21 @@ def collate_packed(pairs: Sequence[TokenizedPair], pad_token_id: int, pad_to_mul
 
 
 def padded_length(pair: TokenizedPair | TokenizedList, packed: bool) -> int:
-    """The row length `pair` needs: prompt + both answers when packed, else prompt + the longer answer.
-    Batches are grouped by it, so that little is padded."""
+    """The row length `pair` needs: prompt + both answers when packed, else prompt + the longer answer;
+    a listwise row: prompt + all K answers (collate_listwise's row). Batches are grouped by it, so that
+    little is padded, and a token budget counts it (minidpo.data.plan.padded_cost)."""
     if isinstance(pair, TokenizedList):  # one row [prompt, answer_1, ..., answer_K], packed or not
         return pair.max_length
     if packed:
         return len(pair.prompt_ids) + len(pair.chosen_ids) + len(pair.rejected_ids)
     return pair.max_length
+
+
+def row_parts(row: TokenizedPair | TokenizedList) -> list[list[int]]:
+    """A row's id lists: a pair's prompt, chosen and rejected; a listwise row's prompt and its K answers."""
+    if isinstance(row, TokenizedList):
+        return [row.prompt_ids, *row.answer_ids]
+    return [row.prompt_ids, row.chosen_ids, row.rejected_ids]
 
 
 def is_packed(batch: dict) -> bool:

@@ -11,7 +11,7 @@ from minidpo.errors import DataError
 from .boundary import plain_content, plain_prompt
 from .files import read_tools
 from .formats import iter_pairs
-from .listwise import TokenizedList
+from .listwise import count_lists, row_unit
 from .tokenize import load_preference_data
 
 DIM, RESET = "\033[2m", "\033[0m"
@@ -62,9 +62,10 @@ def inspect_report(
     answer_reasoning: str = "as_given",
     tools: str | os.PathLike | None = None,
 ) -> tuple[str, int]:
-    """(report, number of usable pairs). The report: format, template choice, counts (skipped /
+    """(report, number of usable pairs or lists). The report: format, template choice, counts (skipped /
     truncated / dropped, by reason), what was done at the prompt/answer boundary (per file), length
-    percentiles, one pair. enable_thinking, answer_reasoning, tools: as `load_preference_data` takes them.
+    percentiles, one pair (listwise data: lists and their K answers, and one list). enable_thinking,
+    answer_reasoning, tools: as `load_preference_data` takes them.
 
     With a tokenizer, lengths are in tokens after truncation and the pair is shown decoded from its
     token ids, the prompt part (masked out of the loss) dimmed or [[in double brackets]]. Without one,
@@ -80,20 +81,23 @@ def inspect_report(
                               cache_dir=None, log=None, chat_template=chat_template, enable_thinking=enable_thinking,
                               answer_reasoning=answer_reasoning, tools=tools)
     s = ds.stats
+    unit = row_unit(ds)  # a record is one pair, or one list of K answers
+    kept = count_lists([len(r.answer_ids) for r in ds]) if unit == "lists" else f"{s.kept} pairs"
     lines += [f"format:   {s.format}", f"template: {s.template}"
-              + (f"; {s.raw_pairs} pairs encoded raw" if s.raw_pairs and chat_template != "none" else ""),
-              f"records:  {s.read} read, {s.kept} pairs kept",
+              + (f"; {s.raw_pairs} {unit} encoded raw" if s.raw_pairs and chat_template != "none" else ""),
+              f"records:  {s.read} read, {kept} kept",
               f"limits:   max_length={max_length}, max_prompt_length={max_prompt_length}",
               f"thinking: enable_thinking={'(template default)' if enable_thinking is None else enable_thinking}, "
               f"answer_reasoning={answer_reasoning}"]
     lines += _counts("skipped (bad records)", s.skipped)
-    lines += [f"truncated: {s.truncated} pairs ({s.prompt_truncated} prompts kept their end, "
+    lines += [f"truncated: {s.truncated} {unit} ({s.prompt_truncated} prompts kept their end, "
               f"{s.response_truncated} with a response cut)"]
     lines += _counts("dropped", s.dropped)
     if s.boundary:
-        lines += ["prompt/answer boundary (per file):"] + [f"  {what}: {n} pairs" for what, n in sorted(s.boundary.items())]
+        lines += ["prompt/answer boundary (per file):"] + [f"  {what}: {n} {unit}"
+                                                          for what, n in sorted(s.boundary.items())]
     lines += _examples(s.examples)
-    if len(ds) and isinstance(ds[0], TokenizedList):
+    if unit == "lists":
         return "\n".join(lines + _listwise_view(ds, tokenizer, index, color)), len(ds)
     lines += ["token lengths (after truncation):"]
     lines += _table({"prompt": [len(p.prompt_ids) for p in ds], "chosen": [len(p.chosen_ids) for p in ds],
@@ -147,8 +151,12 @@ def _inspect_text_only(path, data_format: str, index: int, color: bool, chat_tem
             pairs.append(item)
     template = ("none (raw prompt + answer + EOS)" if chat_template == "none"
                 else "the model's chat template (pass --model to see it; shown below in the plain fallback)")
+    lists = [len(p.responses) for p in pairs if p.responses is not None]
+    valid = f"{len(pairs) - len(lists)} valid pairs" if len(lists) < len(pairs) else ""
+    if lists:
+        valid += (" + " if valid else "") + f"{count_lists(lists)} valid"
     lines = [f"format:   {'+'.join(formats) or 'unknown'}", f"template: {template}",
-             f"records:  {len(pairs) + sum(skipped.values())} read, {len(pairs)} valid pairs",
+             f"records:  {len(pairs) + sum(skipped.values())} read, {valid or '0 valid pairs'}",
              "(no --model: lengths are in characters; pass --model PATH for token lengths, truncation and masks)"]
     lines += _counts("skipped (bad records)", skipped) + _examples(examples)
     lines += ["character lengths:"]

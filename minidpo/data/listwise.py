@@ -35,6 +35,25 @@ class TokenizedList:
         return len(self.prompt_ids) + sum(map(len, self.answer_ids))
 
 
+def are_lists(rows) -> bool:
+    """Listwise rows (TokenizedList), not pairs: a run's data holds one kind (minidpo.train.check_data_kind)."""
+    return len(rows) > 0 and isinstance(rows[0], TokenizedList)
+
+
+def row_unit(rows) -> str:
+    """What the rows are called in log lines: "lists" or "pairs"."""
+    return "lists" if are_lists(rows) else "pairs"
+
+
+def count_lists(answer_counts: list[int]) -> str:
+    """K per list -> "24 lists of 3-4 answers (84 answers)" ("8 lists of 4 answers (32 answers)")."""
+    if not answer_counts:
+        return "0 lists"
+    low, high = min(answer_counts), max(answer_counts)
+    k = f"{low}" if low == high else f"{low}-{high}"
+    return f"{len(answer_counts)} lists of {k} answers ({sum(answer_counts)} answers)"
+
+
 def is_listwise(record: object) -> bool:
     """A record with K ranked answers, not a pair."""
     return isinstance(record, dict) and "responses" in record and ("scores" in record or "ranking" in record)

@@ -2,7 +2,8 @@
 
 `Batching` holds the plain values a plan depends on; `epoch_micro_batches` is one rank's micro-batches of
 one epoch, with fixed batches (`batch_plan`) or a token budget (`budget_steps`), so a resumed run skips
-exactly what was done. Pair lengths come from minidpo.data.collate.padded_length.
+exactly what was done. Pair lengths come from minidpo.data.collate.padded_length; listwise rows
+([prompt, answer_1..K]) are planned the same way, by their row's length (`unit` "lists" in messages).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ def batch_plan(
     world_size: int = 1,
     group_by_length: bool = True,
     kinds: Sequence[str] | None = None,
+    unit: str = "pairs",
 ) -> list[list[int]]:
     """This rank's batches (lists of pair indices) for one epoch.
 
@@ -39,6 +41,7 @@ def batch_plan(
       batch at one index) holds one kind, so every rank runs the same path at the same time (KTO's batch KL
       is a collective). Each kind is shuffled, grouped and cut on its own (its leftover dropped), then the
       steps of all kinds are shuffled together; one kind gives exactly the plan without `kinds`.
+    - `unit`: what the rows are called in the error message without `kinds` ("pairs", "lists").
 
     `lengths[i]` is pair i's longer sequence (PreferenceDataset.lengths).
     """
@@ -47,7 +50,7 @@ def batch_plan(
     per_step = batch_size * world_size
     rng = random.Random(f"minidpo:{seed}:{epoch}")
     steps = []
-    for kind, members in _by_kind(kinds, len(lengths)):
+    for kind, members in _by_kind(kinds, len(lengths), unit):
         if len(members) < per_step:
             raise ValueError(f"only {len(members)} {kind}: fewer than one step of batch_size {batch_size} x "
                              f"{world_size} ranks; use more data or a smaller batch size")
@@ -62,10 +65,10 @@ def batch_plan(
     return [step[rank * batch_size:(rank + 1) * batch_size] for step in steps]
 
 
-def _by_kind(kinds: Sequence[str] | None, n: int) -> list[tuple[str, list[int]]]:
-    """(kind, its pair indices in order) for each kind, in name order; all n as "pairs" without kinds."""
+def _by_kind(kinds: Sequence[str] | None, n: int, unit: str = "pairs") -> list[tuple[str, list[int]]]:
+    """(kind, its pair indices in order) for each kind, in name order; all n as `unit` without kinds."""
     if kinds is None:
-        return [("pairs", list(range(n)))]
+        return [(unit, list(range(n)))]
     if len(kinds) != n:
         raise ValueError(f"{len(kinds)} kinds for {n} pairs")
     return [(kind, [i for i, k in enumerate(kinds) if k == kind]) for kind in sorted(set(kinds))]
@@ -80,8 +83,8 @@ def padded_cost(longest: int, pairs: int, pad_to_multiple_of: int = 8) -> int:
 
 
 def _budget_batches(order: Sequence[int], lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """Cut `order` greedily into batches whose padded cost stays within `max_tokens`; a pair that alone
-    exceeds the budget travels alone."""
+    """Cut `order` greedily into batches whose padded cost stays within `max_tokens`; a pair (or list) that
+    alone exceeds the budget travels alone."""
     batches, current, longest = [], [], 0
     for i in order:
         grown = max(longest, lengths[i])
@@ -122,6 +125,7 @@ def budget_steps(
     epoch: int,
     epochs: int = 1,
     group_by_length: bool = True,
+    unit: str = "pairs",
 ) -> list[list[list[int]]]:
     """All ranks' micro-batches of one epoch's optimizer steps, for a budget of padded packed positions.
 
@@ -130,7 +134,8 @@ def budget_steps(
     Every epoch has the same number of steps, the smallest that any of `epochs` epochs gives (a
     different shuffle packs differently), so the schedule and a resume know the step count in advance.
     A pure function of its arguments: resume skips exactly what was done.
-    `lengths[i]` is pair i's packed row length (prompt + both answers).
+    `lengths[i]` is pair i's packed row length (prompt + both answers), or list i's (prompt + its K
+    answers: collate_listwise's row, padded the same way); `unit` names the rows in the error message.
     """
     if max_tokens < 1 or grad_accum < 1 or world_size < 1 or epochs < 1:
         raise ValueError(f"bad budget_steps arguments: max_tokens={max_tokens}, grad_accum={grad_accum}, "
@@ -138,7 +143,7 @@ def budget_steps(
     n_steps = min(len(_budget_steps_one_epoch(lengths, max_tokens, grad_accum, world_size, seed, e, group_by_length))
                   for e in range(epochs))
     if n_steps == 0:
-        raise ValueError(f"{len(lengths)} pairs make fewer than one step of {grad_accum} x {world_size} "
+        raise ValueError(f"{len(lengths)} {unit} make fewer than one step of {grad_accum} x {world_size} "
                          f"micro-batches of up to {max_tokens} tokens; use more data or a smaller budget")
     steps = _budget_steps_one_epoch(lengths, max_tokens, grad_accum, world_size, seed, epoch, group_by_length)
     return steps[:n_steps]
@@ -161,6 +166,7 @@ class Batching:
     seed: int
     epochs: int
     group_by_length: bool = True
+    unit: str = "pairs"  # what a row is, in messages: "pairs" or "lists" (listwise rows)
 
     def epoch_micro_batches(self, lengths: Sequence[int], packed_lengths: Sequence[int], epoch: int, rank: int,
                             world_size: int, kinds: Sequence[str] | None = None) -> list[list[int]]:
@@ -173,10 +179,10 @@ class Batching:
                 raise ValueError("a token budget does not keep one kind of row per micro-batch")
             return rank_micro_batches(self.epoch_steps(packed_lengths, epoch, world_size), rank, world_size)
         return batch_plan(lengths, self.batch_size, seed=self.seed, epoch=epoch, rank=rank, world_size=world_size,
-                          group_by_length=self.group_by_length, kinds=kinds)
+                          group_by_length=self.group_by_length, kinds=kinds, unit=self.unit)
 
     def epoch_steps(self, packed_lengths: Sequence[int], epoch: int, world_size: int) -> list[list[list[int]]]:
         """One epoch's optimizer steps under a token budget: steps[s][m * world_size + r] (budget_steps)."""
         return budget_steps(packed_lengths, self.max_tokens_per_batch, grad_accum=self.grad_accum,
                             world_size=world_size, seed=self.seed, epoch=epoch, epochs=self.epochs,
-                            group_by_length=self.group_by_length)
+                            group_by_length=self.group_by_length, unit=self.unit)
