@@ -11,11 +11,13 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 import torch
 
 from minidpo.data import ChatEncoder
 from minidpo.errors import ModelError
+from minidpo.fsutil import write_jsonl_atomic
 from minidpo.eval.heldout import HeldoutPair, read_heldout, stratified
 from minidpo.eval.metrics import judge_table, preference_metrics, sampled_kl
 from minidpo.eval.report import write_reports
@@ -130,6 +132,12 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
                                  "sft": answers["SFT"][k], "sft_ok": verdicts["SFT"][k],
                                  "dpo": answers["DPO"][k], "dpo_ok": verdicts["DPO"][k]})
         examples.sort(key=lambda e: (e["axis"], e["lang"]))
+        # every judged answer, for re-scoring with another judge (e.g. the demo's over-refusal count)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_jsonl_atomic(Path(out_dir) / "answers.jsonl", [
+            {"id": r.id, "axis": r.axis, "lang": r.lang, "prompt": r.prompt, "sft": answers["SFT"][k],
+             "sft_ok": verdicts["SFT"][k], "dpo": answers["DPO"][k], "dpo_ok": verdicts["DPO"][k]}
+            for k, r in enumerate(for_gen)])
 
     # 3. KL(pi_dpo || pi_sft): answers sampled from the DPO model at temperature 1, scored as sampled
     kl = None
