@@ -41,6 +41,24 @@ def test_variant_check_names_the_variant_and_step():
     assert check_variants([base, fp16]) == []
 
 
+def test_variant_check_compares_step0_logps_and_skips_what_rounding_or_loss_scaling_moves():
+    ln2 = math.log(2)
+    base = {"name": "bf16 packed", "dtype": "bf16", "losses": [ln2, 0.72, 0.69, 0.88], "step0_logps": [-1200.0, -1190.0]}
+    # later steps drift apart in bf16 (measured on an H200): reported, not a failure
+    drifted = {"name": "bf16 plain", "dtype": "bf16", "losses": [ln2, 0.725, 0.72, 0.78], "step0_logps": [-1200.5, -1189.0]}
+    assert check_variants([base, drifted]) == [] and drifted["drift"] == pytest.approx(0.10)
+    # a packed forward that scored other tokens: step-0 log-probs far apart although both losses are ln 2
+    wrong = {"name": "bf16 plain", "dtype": "bf16", "losses": [ln2, 0.72, 0.69, 0.88], "step0_logps": [-1150.0, -1190.0]}
+    assert check_variants([base, wrong]) == ["bf16 plain: step-0 log pi(chosen) -1150.0000 differs from "
+                                              "bf16 packed's -1200.0000"]
+    # fp16 loss scaling skipped a step: no loss logged there, nothing compared there
+    fp16 = {"name": "fp16 a", "dtype": "fp16", "losses": [ln2, 0.73, None, 0.68]}
+    fp16b = {"name": "fp16 b", "dtype": "fp16", "losses": [ln2, 0.731, 0.70, 0.69]}
+    assert check_variants([fp16, fp16b]) == []
+    skipped0 = {"name": "fp16 c", "dtype": "fp16", "losses": [None, 0.73, 0.70, 0.69]}
+    assert check_variants([fp16, skipped0]) == ["fp16 c: step-0 loss none (step skipped) is not ln 2 = 0.69315"]
+
+
 def test_gpu_runs_torch_fused_adamw_unless_deepspeed_ops_are_prebuilt():
     """Without a prebuilt FusedAdam op (as in this venv), a GPU config must not ask DeepSpeed to
     JIT-build one: torch's fused AdamW instead. On a CPU, torch's AdamW, unfused."""
@@ -73,6 +91,9 @@ def test_gpu_check_runs_at_toy_size_on_a_cpu(tmp_path):
     names = [v["name"] for v in report["variants"]]
     assert names == ["fp32, ZeRO-2, shared prompt on", "fp32, ZeRO-2, shared prompt off",
                      "fp32, ZeRO-3, shared prompt on", "fp32, ZeRO-3, shared prompt off"]
+    # the packed and the plain forward against eager fp32 attention, each answer alone
+    assert set(report["logps_vs_eager_fp32"]["fp32"]) == {"packed", "plain"}
+    assert max(report["logps_vs_eager_fp32"]["fp32"].values()) < 0.01
     first = report["variants"][0]["losses"]
     assert len(first) == 2 and first[0] == pytest.approx(math.log(2), abs=1e-5) and first[1] != first[0]
     for v in report["variants"]:

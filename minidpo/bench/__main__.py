@@ -50,7 +50,8 @@ def _env(threads: int) -> dict:
     # already listens on) must not leak into it
     env = launch_env()
     env.update(OMP_NUM_THREADS=str(threads), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False")
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", GRADIO_ANALYTICS_ENABLED="False",
+               USE_HUB_KERNELS="NO")  # transformers + the `kernels` package would fetch TRL's CUDA kernels
     env.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(".cache", "torch_extensions"))
     return env
 

@@ -8,9 +8,11 @@ On a GPU (size full, under 8 minutes on an H100/H200-class card):
    bench's generated pairs (minidpo/bench/workload.py).
 2. Trains it with `minidpo.train.train` for --steps steps in bf16 and in fp16 (dynamic loss scaling),
    under ZeRO-2 and ZeRO-3, with and without the shared-prompt forward (8 variants, the same batches):
-   step 0 must give ln 2 and the variants of one precision must agree on every step's loss.
-3. Runs the bench's GPU mode (minidpo against TRL's DPOTrainer, same workload, numerics check).
-4. Writes OUT/gpu_check.json: the card, pairs/s, tokens/s, MFU against the card's bf16 peak (table
+   step 0 must give ln 2, and the variants of one precision must agree on step 0's log-probs and
+   step 1's loss (later steps: reported as drift, see check_variants).
+3. Checks the packed and the plain forward's log-probs against eager fp32 attention (forward_against_eager).
+4. Runs the bench's GPU mode (minidpo against TRL's DPOTrainer, same workload, numerics check).
+5. Writes OUT/gpu_check.json: the card, pairs/s, tokens/s, MFU against the card's bf16 peak (table
    below) and against the measured matmul peak, peak memory, and which optimizer and attention kernel ran.
 On a CPU (size toy) the same steps run on a tiny model in fp32 (fp16 is refused on a CPU and skipped
 with a line), so the script is known to work before a GPU is seen (tests/test_gpu_check.py).
@@ -42,6 +44,9 @@ BF16_PEAK_TFLOPS = [
 ]
 # what each precision is checked to: step 0 against ln 2, and the variants' losses against each other
 TOLERANCE = {"fp32": (1e-5, 1e-4), "bf16": (5e-3, 2e-2), "fp16": (5e-3, 2e-2)}
+# an answer's summed log-prob against eager fp32 attention (nats; answers of 40-230 tokens). Measured on an
+# H200 with the 0.5B model: fp32 0.000, bf16 0.17 (packed and plain alike)
+EAGER_TOLERANCE = {"fp32": 0.01, "bf16": 1.0, "fp16": 1.0}
 
 
 def card_bf16_peak_tflops(name: str) -> float | None:
@@ -77,7 +82,10 @@ def train_variant(paths: dict, out_dir: str, *, dtype: str, stage: int, shared_p
         model=paths["model"], data=paths["data"], output_dir=out_dir,
         deepspeed=os.path.join(ROOT, "ds_configs", f"zero{stage}.json"), dtype=dtype, shared_prompt=shared_prompt,
         batch_size=4, max_steps=steps, learning_rate=1e-4, min_lr_ratio=1.0, warmup_steps=0, weight_decay=0.0,
-        beta=0.1, max_length=512, max_prompt_length=256, seed=0, log_interval=1, save_interval=0, export=False)
+        beta=0.1, max_length=512, max_prompt_length=256, seed=0, log_interval=1, save_interval=0, export=False,
+        # the same batches in every variant: grouping by length sorts by the row's length, which differs
+        # between packed rows (prompt + both answers) and plain ones (prompt + the longer answer)
+        group_by_length=False)
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -89,27 +97,43 @@ def train_variant(paths: dict, out_dir: str, *, dtype: str, stage: int, shared_p
     with open(os.path.join(out_dir, "run_config.json")) as f:
         ds_config = json.load(f)["deepspeed"]
     trained, seconds = summary["trained"], summary["seconds"]
+    # a step skipped by fp16's loss scaling (gradients overflowed) logs no loss: None keeps the steps aligned
     return {"name": f"{dtype}, ZeRO-{stage}, shared prompt {'on' if shared_prompt else 'off'}", "dtype": dtype,
-            "zero": stage, "shared_prompt": shared_prompt, "losses": [r["loss"] for r in rows],
+            "zero": stage, "shared_prompt": shared_prompt, "losses": [r.get("loss") for r in rows],
+            "step0_logps": [rows[0].get("logps/chosen"), rows[0].get("logps/rejected")],
             "seconds": seconds, "pairs_per_s": trained["pairs"] / seconds, "tokens_per_s": trained["tokens"] / seconds,
             "peak_memory_gb": max(r["memory/peak_gb"] for r in rows), "optimizer": optimizer_name(ds_config)}
 
 
 def check_variants(variants: list[dict]) -> list[str]:
-    """Problems: a step-0 loss that is not ln 2, or a variant whose losses differ from the first one of
-    its precision (same batches, same weights: the ZeRO stage and the packed forward change no numbers)."""
+    """Problems: a step-0 loss that is not ln 2, step-0 log-probs (same weights, same batch) or a step-1
+    loss (after one identical update) that differ from the first variant of the same precision: the ZeRO
+    stage and the packed forward change no numbers beyond rounding. Later steps are not compared, only
+    reported (`drift`): in bf16 rounding differences grow step by step (measured on an H200 with random
+    weights: packed vs plain 0.006 apart at step 1, 0.1 at step 3), and a step skipped by fp16's loss
+    scaling leaves the variants' weights different."""
     problems, first = [], {}
     for v in variants:
         step0, agree = TOLERANCE[v["dtype"]]
-        if abs(v["losses"][0] - math.log(2)) > step0:
-            problems.append(f"{v['name']}: step-0 loss {v['losses'][0]:.5f} is not ln 2 = {math.log(2):.5f}")
+        losses = v["losses"]
+        if losses[0] is None or abs(losses[0] - math.log(2)) > step0:
+            problems.append(f"{v['name']}: step-0 loss {_fmt(losses[0])} is not ln 2 = {math.log(2):.5f}")
         base = first.setdefault(v["dtype"], v)
-        if len(v["losses"]) != len(base["losses"]):
-            problems.append(f"{v['name']}: {len(v['losses'])} steps, {base['name']}: {len(base['losses'])}")
-        for step, (a, b) in enumerate(zip(v["losses"], base["losses"])):
-            if abs(a - b) > agree:
+        for what, a, b in zip(("log pi(chosen)", "log pi(rejected)"), v.get("step0_logps", ()), base.get("step0_logps", ())):
+            if a is not None and b is not None and abs(a - b) > agree * max(1.0, abs(b)) / 10:
+                problems.append(f"{v['name']}: step-0 {what} {a:.4f} differs from {base['name']}'s {b:.4f}")
+        if len(losses) != len(base["losses"]):
+            problems.append(f"{v['name']}: {len(losses)} steps, {base['name']}: {len(base['losses'])}")
+        for step, (a, b) in enumerate(zip(losses[:2], base["losses"][:2])):
+            if step and a is not None and b is not None and abs(a - b) > agree:
                 problems.append(f"{v['name']}: step-{step} loss {a:.5f} differs from {base['name']}'s {b:.5f}")
+        both = [abs(a - b) for a, b in zip(losses, base["losses"]) if a is not None and b is not None]
+        v["drift"] = max(both, default=0.0)
     return problems
+
+
+def _fmt(x) -> str:
+    return "none (step skipped)" if x is None else f"{x:.5f}"
 
 
 def attention_kernels(paths: dict, dtype: str) -> dict:
@@ -138,6 +162,44 @@ def attention_kernels(paths: dict, dtype: str) -> dict:
         if name == "packed":  # sdpa models run packed rows as two causal calls (minidpo/packed_attention.py)
             split = model.config._attn_implementation == SPLIT_ATTENTION
             report["packed_attention"] = "two causal sdpa calls per layer" if split else "dense 4D mask"
+    del model
+    gc.collect()
+    return report
+
+
+def forward_against_eager(paths: dict, dtype: str, n_pairs: int = 4) -> dict:
+    """Each answer's summed log-prob from the packed and the plain forward (`dtype`, the kernels the card
+    picks) against the truth: every [prompt, answer] alone, eager attention, fp32, log-softmax by hand.
+    Returns the largest difference of each, in nats per answer."""
+    import torch
+
+    from minidpo.data import collate_pairs, load_preference_data
+    from minidpo.data.collate import collate_packed
+    from minidpo.logprobs import pair_logps
+    from minidpo.models import load_causal_lm, load_tokenizer
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = load_tokenizer(paths["model"])
+    pairs = load_preference_data(paths["data"], tok, max_length=512, max_prompt_length=256, cache_dir=None, log=None)
+    pairs = [pairs[i] for i in range(n_pairs)]
+    model = load_causal_lm(paths["model"], trainable=False).to(dev).eval()
+    model.config._attn_implementation = "eager"
+    truth = []
+    with torch.no_grad():
+        for p in pairs:
+            for answer in (p.chosen_ids, p.rejected_ids):
+                ids = torch.tensor([list(p.prompt_ids) + list(answer)], device=dev)
+                logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+                truth.append(float(logps.gather(-1, ids[0, 1:, None])[len(p.prompt_ids) - 1:].sum()))
+    model.config._attn_implementation = "sdpa"
+    model.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    report = {}
+    for name, collate in (("packed", collate_packed), ("plain", collate_pairs)):
+        batch = {k: v.to(dev) for k, v in collate(pairs, tok.pad_token_id).items()}
+        with torch.no_grad():
+            chosen, rejected, _ = pair_logps(model, batch, "sum")
+        ours = [float(x) for c, r in zip(chosen, rejected) for x in (c, r)]
+        report[name] = max(abs(a - b) for a, b in zip(ours, truth))
     del model
     gc.collect()
     return report
@@ -172,6 +234,13 @@ def bench_figures(bench: dict, card_peak_tflops: float | None) -> dict:
         out["minidpo_vs_trl"] = {"pairs_per_s": rows["minidpo"]["pairs_per_s"] / rows["trl"]["pairs_per_s"],
                                  "peak_memory": rows["minidpo"]["peak_memory_gb"] / rows["trl"]["peak_memory_gb"]}
     return out
+
+
+def write_report(out: str, report: dict, started: float) -> None:
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["ok"] = not report["problems"]
+    with open(os.path.join(out, "gpu_check.json"), "w") as f:
+        json.dump(report, f, indent=2)
 
 
 def main(argv=None) -> int:
@@ -220,35 +289,42 @@ def main(argv=None) -> int:
                 log(f"variant {name}")
                 v = train_variant(paths, os.path.join(a.out, "variants", name), dtype=dtype, stage=stage,
                                   shared_prompt=shared, steps=a.steps)
-                log(f"  losses {[round(x, 5) for x in v['losses']]}, {v['pairs_per_s']:.2f} pairs/s, "
+                log(f"  losses {[None if x is None else round(x, 5) for x in v['losses']]}, {v['pairs_per_s']:.2f} pairs/s, "
                     f"peak {v['peak_memory_gb']:.2f} GB")
                 variants.append(v)
     problems = check_variants(variants)
     attention = attention_kernels(paths, dtypes[0])
     log(f"attention: {attention}")
+    exactness = {d: forward_against_eager(paths, d) for d in dtypes}
+    log(f"log-probs against eager fp32 (max nats per answer): {exactness}")
+    for d, worst in exactness.items():
+        problems += [f"{d} {name} forward: log-probs {x:.3f} nats from eager fp32 attention"
+                     for name, x in worst.items() if x > EAGER_TOLERANCE[d]]
 
     card_peak = card_bf16_peak_tflops(device) if cuda else None
     peak_dtype = "bf16" if cuda else "fp32"
     measured = measure(peak_dtype, a.threads, sizes=(4096, 8192) if cuda else (512, 1024), repeats=5) / 1e3
     report = {"device": device, "size": size, "model": {"name": model, **MODELS[model]},
               "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
-              "optimizer": variants[0]["optimizer"], "attention": attention,
+              "optimizer": variants[0]["optimizer"], "attention": attention, "logps_vs_eager_fp32": exactness,
               "peak_tflops": {"card_bf16": card_peak, f"measured_{peak_dtype}_matmul": measured},
               "variants": variants, "skipped": skipped, "problems": problems}
     gc.collect()  # the variants' engines hold reference cycles: give their GPU memory back to the bench's workers
     if cuda:
         torch.cuda.empty_cache()
+    write_report(a.out, report, started)  # the variants' figures survive a bench that fails or runs out of time
     if not a.skip_bench:
         log(f"bench: minidpo vs TRL, {bench_pairs} pairs, {'bf16' if cuda else 'fp32'}")
-        bench = run_bench(model, bench_pairs, "bf16" if cuda else "fp32", a.threads, os.path.join(a.out, "bench"))
-        report["bench"] = bench_figures(bench, card_peak)
-        problems += [f"bench: {x}" for x in bench["check"]["problems"]]
-        if bench["exit_code"] and not bench["check"]["problems"]:
-            problems.append(f"bench: exit code {bench['exit_code']}")
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["ok"] = not problems
-    with open(os.path.join(a.out, "gpu_check.json"), "w") as f:
-        json.dump(report, f, indent=2)
+        try:
+            bench = run_bench(model, bench_pairs, "bf16" if cuda else "fp32", a.threads, os.path.join(a.out, "bench"))
+        except RuntimeError as e:
+            problems.append(str(e).splitlines()[0])
+        else:
+            report["bench"] = bench_figures(bench, card_peak)
+            problems += [f"bench: {x}" for x in bench["check"]["problems"]]
+            if bench["exit_code"] and not bench["check"]["problems"]:
+                problems.append(f"bench: exit code {bench['exit_code']}")
+    write_report(a.out, report, started)
     log(f"{'all checks passed' if not problems else 'FAILED: ' + '; '.join(problems)} in {report['seconds']} s; "
         f"{os.path.join(a.out, 'gpu_check.json')}")
     return 0 if not problems else 1
