@@ -86,6 +86,11 @@ def test_two_different_models_and_cli(tiny_model_dir, heldout, tmp_path):
     assert math.isfinite(res["kl"]["kl_sequence"]) and res["kl"]["kl_sequence"] != 0.0
     assert res["judge"]["all"]["n"] == 8 and res["settings"]["beta"] == 0.5
     assert (out / "eval.json").exists() and (out / "eval.md").exists()
+    # every judged answer, both models', for re-scoring (python -m minidpo.demo.refusals reads it)
+    rows = [json.loads(line) for line in (out / "answers.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 8 and {r["axis"] for r in rows} <= set(AXES)
+    assert sum(r["dpo_ok"] for r in rows) == res["judge"]["all"]["dpo_pass"]
+    assert sum(r["sft_ok"] for r in rows) == res["judge"]["all"]["sft_pass"]
 
 
 def test_skipping_generation_and_kl(tiny_model_dir, heldout, tmp_path):
