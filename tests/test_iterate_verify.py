@@ -68,15 +68,33 @@ def test_edit_details():
     assert E.append_end_phrase("Done.  \n", "Bye.") == "Done. Bye."
     assert E.append_postscript("Hi.", "P.S.") == f"Hi.\n\nP.S. {E.POSTSCRIPT_TEXT}"
     assert E.wrap_in_quotes(" a ") == '"a"'
-    # the layout edits rebuild the answer from its sentences, list markers dropped, groups near-equal in size
+    # the layout edits rebuild the answer from its sentences, list markers dropped, groups near-equal in size;
+    # the bullet edit keeps the answer's own list items (see test_bullet_list_keeps_the_answers_own_items)
     assert E.sentences(LISTED) == ["Planets orbit the Sun.", "Some have rings!", "Mercury is the closest.",
                                    "Is Pluto a planet?", "No."]
-    assert E.bullet_list(LISTED, 2) == "* Planets orbit the Sun. Some have rings! Mercury is the closest.\n" \
+    assert E.bullet_list(LISTED, 2) == "Planets orbit the Sun. Some have rings!\n\n* Mercury is the closest.\n" \
                                        "* Is Pluto a planet? No."
     assert E.divide_paragraphs("A. B. C.", 2) == "A. B.\n\n***\n\nC."
     assert E.highlight_sentences("A *b* c. D.", 1) == "*A b c.* D."
     assert E.split_in_two("One. Two. Three.") == f"One. Two.\n\n{E.RESPONSES_SEPARATOR}\n\nThree."
     assert json.loads(E.wrap_in_json(' say "x" ')) == {"answer": 'say "x"'}
+
+
+def test_bullet_list_keeps_the_answers_own_items():
+    """One bullet per item, line or sentence the model wrote, never several glued into one bullet (the
+    old edit cut at ". ", so "2." and "P.S." ended bullets and a list without full stops got no edit)."""
+    bullets = "detectable_format:number_bullet_lists"
+    looped = "Tips:\n* Fix leaks\n* *\n- Short showers\n3. Full loads only\n\n* Fix leaks\n* Short showers\n\nBye."
+    assert E.bullet_list(looped, 3) == "Tips:\n* Fix leaks\n* Short showers\n* Full loads only\n\nBye."
+    assert E.bullet_list(looped, 5) == "Tips:\n* Fix leaks\n* Short showers\n* Full loads only\n\n* Fix leaks\n" \
+                                       "* Short showers\n\nBye."  # the answer's own blank lines kept
+    assert E.edit_answer(looped, [(bullets, {"num_bullets": 6})]) == (looped, [])  # 5 items: no sixth made up
+    poem = "The river bends,\nthe willows lean.\nA heron waits.\nP.S. At dawn."
+    assert E.bullet_list(poem, 2) == "* The river bends,\n* the willows lean.\nA heron waits.\nP.S. At dawn."
+    assert E.bullet_list("Cats nap. They hunt. Boxes! Baths? No.", 3) == "* Cats nap.\n* They hunt.\n* Boxes!\n\nBaths? No."
+    assert E.bullet_list("Cats nap. They hunt.", 2) == "* Cats nap.\n* They hunt."
+    for answer, n in [(looped, 3), (looped, 5), (poem, 2), (poem, 4), ("Cats nap. They hunt. Boxes!", 3)]:
+        assert check(bullets, {"num_bullets": n}, E.bullet_list(answer, n)), (answer, n)
 
 
 def test_a_layout_edit_gives_up_on_too_few_sentences():

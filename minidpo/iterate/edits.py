@@ -10,15 +10,16 @@ verifier, run again, says the prompt's score rose (minidpo.iterate.verify).
     append_postscript    detectable_content:postscript    "<marker> I hope this helps." appended
     prepend_title        detectable_format:title          <<Title>> from the answer's first words
     remove_words         keywords:forbidden_words         the words removed (whole words, any case)
-    bullet_list          detectable_format:number_bullet_lists    the sentences grouped into N "* " bullets
+    bullet_list          detectable_format:number_bullet_lists    N "* " bullets: the answer's own items or lines
     divide_paragraphs    length_constraints:number_paragraphs     ... into N paragraphs between *** dividers
     highlight_sentences  detectable_format:number_highlighted_sections  N sentences *highlighted*
     split_in_two         combination:two_responses        the answer's halves between ****** (two answers)
     repeat_request       combination:repeat_prompt        the request, word for word, before the answer
     wrap_in_json         detectable_format:json_format    {"answer": the answer} as JSON
 
-The layout edits (the first four) rebuild the answer from its sentences, so they run first; they give up
-(return the answer unchanged, which the verifier then rejects) when it has fewer sentences than needed.
+The layout edits (the first four) rebuild the answer, so they run first; they give up (return the answer
+unchanged, which the verifier then rejects) when it has too few parts. The bullet edit keeps the answer's own
+lines, one bullet per item the model wrote (see `bullet_list`); the other three rebuild it from its sentences.
 
 `edit_answer` applies, in an order where a later edit rarely undoes an earlier one (appends before the
 case, quotes last), the edit of each instruction the answer edited so far does not follow.
@@ -37,6 +38,9 @@ TITLE_WORDS = 4  # a title made of the answer's first words
 _WORD = re.compile(r"[A-Za-z0-9']+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _LINE_MARKER = re.compile(r"^\s*(?:[*\-+]|\d{1,2}[.)])\s+", re.MULTILINE)  # list markers, dropped when rebuilding
+# a list item: a line the verifier counts as a bullet ("*" not "**", "-"), or a numbered one ("1." "2)")
+_ITEM = re.compile(r"^\s*(?:\*(?!\*)|-|\d{1,2}[.)]\s)")
+_HAS_WORD = re.compile(r"[^\W_]")  # a letter or digit: "* *", "* * *" and "---" carry none
 RESPONSES_SEPARATOR = "******"
 
 
@@ -99,8 +103,34 @@ def _groups(items: list[str], n: int) -> list[str] | None:
 
 
 def bullet_list(response: str, n: int) -> str:
-    groups = _groups([s.replace("*", "") for s in sentences(response)], n)
-    return response if groups is None else "\n".join(f"* {g}" for g in groups)
+    """Exactly n "* " bullets, each one part the model wrote itself, never several glued together (so the
+    chosen answer is a list the model can imitate, and its count is the only thing that changed). Bullet
+    lines without a word ("* *", "* * *", "---") are dropped first; then
+    - an answer with a list keeps its first n items as bullets ("1." items get "* "), the items past n
+      dropped, every other line as it is; with fewer than n items it is left unchanged;
+    - an answer without a list and with at least n lines: its first n lines get "* ", the rest as they are;
+    - otherwise its first n sentences, one bullet each, the sentences after them a paragraph below the list.
+    """
+    if n < 1:
+        return response
+    lines = [line for line in response.splitlines() if not _ITEM.match(line) or _HAS_WORD.search(line)]
+    items = [k for k, line in enumerate(lines) if _ITEM.match(line)]
+    if items:
+        if len(items) < n:
+            return response
+        kept = set(items[:n])
+        listed = "\n".join(f"* {_LINE_MARKER.sub('', line, count=1).strip()}" if k in kept else line
+                           for k, line in enumerate(lines) if k in kept or k not in items)
+        return re.sub(r"\n{3,}", "\n\n", listed).rstrip()  # the blank lines the dropped items leave
+    worded = [k for k, line in enumerate(lines) if _HAS_WORD.search(line)]
+    if len(worded) >= n:
+        first = set(worded[:n])
+        return "\n".join(f"* {line.strip()}" if k in first else line for k, line in enumerate(lines))
+    parts = [s.replace("*", "") for s in sentences(response)]
+    if len(parts) < n:
+        return response
+    rest = " ".join(parts[n:])
+    return "\n".join(f"* {s}" for s in parts[:n]) + (f"\n\n{rest}" if rest else "")
 
 
 def divide_paragraphs(response: str, n: int) -> str:
