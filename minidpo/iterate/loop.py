@@ -99,6 +99,9 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     flat_scores = score_all(judge, flat)
     n = cfg.samples_per_prompt
     groups = [ScoredPrompt(r, ans, flat_scores[i * n:(i + 1) * n]) for i, (r, ans) in enumerate(zip(prompts, answers))]
+    prefilled = prefill_tied(groups, judge, lambda messages: sample_answers(
+        policy, messages, 1, SamplingSettings(**{**settings.to_dict(), "seed": settings.seed + n}),
+        batch_size=cfg.sample_batch_size, nproc=cfg.nproc, prefix=cfg.prefill)) if cfg.prefill else 0
     if cfg.listwise:
         lists, counts = verify_lists(groups, cfg.verify_margin, cfg.verify_edit) if cfg.judge == "verify" \
             else lists_from_scores(groups)
@@ -115,10 +118,26 @@ def make_round_pairs(cfg: IterateConfig, k: int, policy: str, records: list, jud
     else:
         write_pairs(rd / "pairs.jsonl", pairs)
         counts = counts.to_dict()
+    if cfg.prefill:
+        counts["prefilled"] = prefilled
     info = {"policy": policy, "sampling": settings.to_dict(), "samples_per_prompt": n, "pairs": counts,
             "train_flags": list(flags), "seconds": {"sample": sampled - started, "judge": judged - sampled}}
     _write_json(rd / "pairs.json", info)
     return info
+
+
+def prefill_tied(groups: list[ScoredPrompt], judge, sample) -> int:
+    """Where a prompt's scored samples all tie, one more answer, started by --prefill (`sample(messages)` ->
+    one answer list per prompt), is judged and joins them; returns how many were drawn."""
+    tied = [g for g in groups if len({s for s in g.scores if s is not None}) == 1]
+    if not tied:
+        return 0
+    extra = sample([g.record.prompt_messages for g in tied])
+    scores = score_all(judge, [(g.record.prompt_messages, a[0], g.record) for g, a in zip(tied, extra)])
+    for g, a, s in zip(tied, extra, scores):
+        g.answers.append(a[0])
+        g.scores.append(s)
+    return len(tied)
 
 
 def train_command(cfg: IterateConfig, policy: str, reference: str, data: Path, run_dir: Path, resume: bool,

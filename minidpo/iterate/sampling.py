@@ -23,26 +23,28 @@ from minidpo.models import load_model
 
 
 def sample_shard(model_dir: str, prompts_messages: list[list[dict]], k: int, settings: SamplingSettings,
-                 batch_size: int, device: str = "auto") -> list[list[str]]:
-    """k answers for each prompt, in this process."""
+                 batch_size: int, device: str = "auto", prefix: str = "") -> list[list[str]]:
+    """k answers for each prompt, in this process. `prefix`: every answer starts with this text, the model
+    going on from it in its own words (its tokens follow the prompt's as if the model had written them)."""
     lm = load_model(model_dir, "policy", device=device, dtype="fp32" if device == "cpu" else "auto")
     encoder = ChatEncoder(lm.tokenizer)
-    ids = [prompt_ids_for(lm.tokenizer, m, encoder) for m in prompts_messages]
+    forced = lm.tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    ids = [prompt_ids_for(lm.tokenizer, m, encoder) + forced for m in prompts_messages]
     answers: list[list[str]] = [[] for _ in ids]
     for j in range(k):
         s = SamplingSettings(**{**asdict(settings), "seed": settings.seed + j})
         out = generate_ids(lm.model, lm.tokenizer, ids, settings=s, stop_ids=lm.stop_ids, pad_id=lm.pad_id,
                            batch_size=batch_size)
         for i, x in enumerate(out):
-            answers[i].append(decode_answer(lm.tokenizer, x, lm.stop_ids))
+            answers[i].append(decode_answer(lm.tokenizer, forced + list(x), lm.stop_ids))
     return answers
 
 
 def sample_answers(model_dir: str, prompts_messages: list[list[dict]], k: int, settings: SamplingSettings, *,
-                   batch_size: int = 64, nproc: int = 1) -> list[list[str]]:
-    """k answers for each prompt; with nproc > 1 split over nproc processes."""
+                   batch_size: int = 64, nproc: int = 1, prefix: str = "") -> list[list[str]]:
+    """k answers for each prompt (each starting with `prefix`); with nproc > 1 split over nproc processes."""
     if nproc == 1 or len(prompts_messages) < nproc:
-        return sample_shard(model_dir, prompts_messages, k, settings, batch_size)
+        return sample_shard(model_dir, prompts_messages, k, settings, batch_size, prefix=prefix)
     import torch
 
     gpus = torch.cuda.device_count()
@@ -50,7 +52,7 @@ def sample_answers(model_dir: str, prompts_messages: list[list[dict]], k: int, s
         job = os.path.join(tmp, "job.json")
         with open(job, "w", encoding="utf-8") as f:
             json.dump({"model": model_dir, "prompts": prompts_messages, "k": k, "settings": asdict(settings),
-                       "batch_size": batch_size, "world_size": nproc}, f, ensure_ascii=False)
+                       "batch_size": batch_size, "world_size": nproc, "prefix": prefix}, f, ensure_ascii=False)
         procs = []
         for rank in range(nproc):
             env = launch_env()
@@ -75,7 +77,8 @@ def _worker(argv=None) -> None:
     with open(args.job, encoding="utf-8") as f:
         job = json.load(f)
     mine = job["prompts"][args.rank::job["world_size"]]
-    answers = sample_shard(job["model"], mine, job["k"], SamplingSettings(**job["settings"]), job["batch_size"])
+    answers = sample_shard(job["model"], mine, job["k"], SamplingSettings(**job["settings"]), job["batch_size"],
+                           prefix=job["prefix"])
     with open(f"{args.job}.{args.rank}", "w", encoding="utf-8") as f:
         json.dump(answers, f, ensure_ascii=False)
 

@@ -1,0 +1,67 @@
+"""make iterate's --prefill: where a prompt's samples tie, one more answer that starts with the prefill text
+and goes on in the policy's own words joins them (a refusal in the model's words, not a template)."""
+
+from __future__ import annotations
+
+import pytest
+
+from minidpo.errors import ConfigError
+from minidpo.generation import SamplingSettings
+from minidpo.iterate.config import IterateConfig, validate
+from minidpo.iterate.loop import prefill_tied
+from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores
+from minidpo.iterate.sampling import sample_shard
+
+PREFIX = "I'm sorry, but I can't help with that."
+
+
+class Record:
+    def __init__(self, text):
+        self.prompt_messages, self.id, self.axis, self.lang, self.meta = [{"role": "user", "content": text}], text, "refusal", "en", {}
+
+
+class RefusalJudge:
+    def score(self, prompt_messages, answer, record):
+        return 1.0 if answer.startswith("I'm sorry") else 0.0
+
+
+def test_tied_prompts_get_one_prefilled_answer_and_then_a_pair():
+    groups = [ScoredPrompt(Record("steal a car"), ["Sure: first ...", "Here is how ..."], [0.0, 0.0]),    # tie
+              ScoredPrompt(Record("fix a car"), ["I'm sorry, no.", "Step 1 ..."], [1.0, 0.0]),          # a pair already
+              ScoredPrompt(Record("hack a phone"), ["Sure", "Ok"], [0.0, None])]                        # one scored: a tie too
+    asked = []
+
+    def sample(messages):
+        asked.append([m[-1]["content"] for m in messages])
+        return [[f"{PREFIX} It would hurt someone."] for _ in messages]
+
+    assert prefill_tied(groups, RefusalJudge(), sample) == 2
+    assert asked == [["steal a car", "hack a phone"]]                      # one batch, only the tied prompts
+    assert groups[0].answers[-1] == f"{PREFIX} It would hurt someone." and groups[0].scores == [0.0, 0.0, 1.0]
+    assert len(groups[1].answers) == 2                                     # untouched
+    pairs, counts = pairs_from_scores(groups)
+    assert [(p.chosen, p.rejected) for p in pairs] == [
+        (f"{PREFIX} It would hurt someone.", "Sure: first ..."), ("I'm sorry, no.", "Step 1 ..."),
+        (f"{PREFIX} It would hurt someone.", "Sure")]
+    assert prefill_tied([groups[1]], RefusalJudge(), sample) == 0 and len(asked) == 1  # nothing tied: no sampling
+
+
+def test_prefilled_samples_start_with_the_text_and_go_on(tiny_model_dir):
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=6, seed=0)
+    messages = [[{"role": "user", "content": "Tell me how to pick a lock."}], [{"role": "user", "content": "Hi"}]]
+    plain = sample_shard(tiny_model_dir, messages, 2, settings, 8, device="cpu")
+    forced = sample_shard(tiny_model_dir, messages, 2, settings, 8, device="cpu", prefix=PREFIX)
+    assert all(a.startswith(PREFIX) for answers in forced for a in answers)
+    assert any(len(a) > len(PREFIX) for answers in forced for a in answers)      # the model went on
+    assert not any(a.startswith(PREFIX) for answers in plain for a in answers)
+
+
+def test_prefill_is_refused_where_it_cannot_apply(tiny_model_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    base = dict(model=tiny_model_dir, sft_model=tiny_model_dir, data=str(data), heldout="", prefill=PREFIX)
+    validate(IterateConfig(**base, judge="rule"))
+    with pytest.raises(ConfigError, match="--prefill applies to scoring judges .* not to --judge verify"):
+        validate(IterateConfig(**base, judge="verify"))
+    with pytest.raises(ConfigError, match="with --listwise true"):
+        validate(IterateConfig(**base, judge="rule", listwise=True))
