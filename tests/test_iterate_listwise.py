@@ -96,20 +96,21 @@ def test_the_loss_type_of_a_listwise_round(tmp_path, tiny_model_dir):
     def flags(train_config="", train_args=""):
         return listwise_flags(round_run_config(IterateConfig(train_config=train_config, train_args=train_args)))
 
-    # the demo config's DPO becomes listwise_pairs; its NLL term and precomputed reference do not fit K-answer rows
-    assert flags(DEMO_TRAIN) == ["--loss_type", "listwise_pairs", "--rpo_alpha", "0", "--precompute_ref", "false"]
+    # the demo config's DPO becomes listwise_pairs; its NLL term does not fit K-answer rows (a precomputed
+    # reference does: one column per answer)
+    assert flags(DEMO_TRAIN) == ["--loss_type", "listwise_pairs", "--rpo_alpha", "0"]
     assert flags(train_args="--loss_type plackett_luce") == []
-    assert flags(train_args="--loss_type listwise_pairs --precompute_ref true") == ["--precompute_ref", "false"]
+    assert flags(train_args="--loss_type listwise_pairs --precompute_ref true") == []
     for pairwise in ("hinge", "sigmoid,sft"):
         with pytest.raises(ConfigError, match=rf"^--listwise true: the rounds' loss_type {pairwise} .* is pairwise only"):
             flags(train_args=f"--loss_type {pairwise}")
     # what the trainer itself refuses for a listwise loss is one line too, before anything is sampled
     data = toy_data(tmp_path / "data.jsonl")
     cfg = IterateConfig(model=tiny_model_dir, sft_model=tiny_model_dir, data=data, heldout="", listwise=True,
-                        train_config="", train_args="--loss_type plackett_luce --max_tokens_per_batch 512",
+                        train_config="", train_args="--loss_type plackett_luce --sync_ref_model true",
                         output_dir=str(tmp_path / "it"), deepspeed=str(ROOT / "ds_configs/zero2.json"))
     with pytest.raises(ConfigError, match=r"^listwise rounds train with the train config as it is, which the trainer "
-                                          r"refuses: --max_tokens_per_batch is not supported with loss_type plackett_luce"):
+                                          r"refuses: --sync_ref_model is not supported with loss_type plackett_luce"):
         round_loss_flags(cfg, "lists", model=tiny_model_dir, data=data)
     with pytest.raises(ConfigError, match="is pairwise only"):
         iterate(IterateConfig(**{**cfg.to_dict(), "train_args": "--loss_type ipo"}))
@@ -136,9 +137,9 @@ def test_one_listwise_round_trains_on_every_scored_answer(tmp_path, tiny_model_d
                 for s in samples if len({x for a, x in zip(s["answers"], s["scores"]) if a.strip()}) > 1]
     assert lists == expected and len(lists) == info["pairs"]["lists"] >= 4
     assert "pairs" not in info["pairs"] and info["pairs"]["prompts"] == 12
-    assert info["train_flags"] == ["--loss_type", "listwise_pairs", "--rpo_alpha", "0", "--precompute_ref", "false"]
+    assert info["train_flags"] == ["--loss_type", "listwise_pairs", "--rpo_alpha", "0"]  # reference precomputed: one column an answer
     run = json.loads((rd / "dpo" / "run_config.json").read_text())["run"]
-    assert (run["loss_type"], run["rpo_alpha"], run["precompute_ref"]) == ("listwise_pairs", 0.0, False)
+    assert (run["loss_type"], run["rpo_alpha"], run["precompute_ref"]) == ("listwise_pairs", 0.0, True)
     row = summary["rounds"][0]
     assert summary["stopped"] is None and row["train"]["steps"] >= 1 and row["pairs"]["lists"] == len(lists)
     table = (out / "summary.md").read_text()

@@ -174,6 +174,7 @@ def test_loaded_as_lists_and_shown_with_a_tokenizer(tmp_path, tiny_model_dir):
     assert [type(r) for r in ds] == [TokenizedList, TokenizedList]
     assert ds[0].scores == [4.0, pytest.approx(14 / 3), 1.0] and ds[1].scores == [3.0, 3.0]  # "y" left out
     assert len(ds[1].answer_ids) == 2 and ds.stats.format == "ultrafeedback_ratings"
+    assert ds.stats.summary().startswith("2 lists kept of 2 records read")  # the load's log line
     report, n = inspect_report(path, tok, color=False)
     assert n == 2 and "format:   ultrafeedback_ratings" in report and "3 answers in one row" in report
     assert f"--- answer 1 (score {14 / 3:g}, " in report

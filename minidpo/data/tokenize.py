@@ -55,7 +55,7 @@ from .boundary import BOUNDARY
 from .chat import ChatEncoder, TokenizedPair
 from .files import data_files, read_tools
 from .formats import PreferencePair, canonical_format, iter_pairs
-from .listwise import PROMPT_FILLS, TokenizedList, cut_prompt, encode_list, truncate_list
+from .listwise import PROMPT_FILLS, TokenizedList, cut_prompt, encode_list, row_unit, truncate_list
 
 DEFAULT_CACHE_DIR = fsutil.cache_dir("data")
 CACHE_VERSION = 4
@@ -104,6 +104,7 @@ class DataStats:
     template: str = ""  # what rendered the prompts (ChatEncoder.describe)
     raw_pairs: int = 0  # pairs encoded raw (chat_template none, or prompts already templated)
     boundary: dict = field(default_factory=dict)  # "file: what was done at the prompt/answer split" -> pairs
+    unit: str = "pairs"  # what a kept row is: "pairs", or "lists" (K ranked answers)
 
     @property
     def n_skipped(self) -> int:
@@ -117,7 +118,7 @@ class DataStats:
         def reasons(d):
             return ", ".join(f"{k}: {v}" for k, v in sorted(d.items()))
 
-        s = f"{self.kept} pairs kept of {self.read} records read (format: {self.format})"
+        s = f"{self.kept} {self.unit} kept of {self.read} records read (format: {self.format})"
         if self.raw_pairs:
             s += f"; {self.raw_pairs} encoded raw, without the chat template"
         if self.skipped:
@@ -342,7 +343,7 @@ def load_preference_data(
             bar.update(len(batch))
     if bar is not None:
         bar.close()
-    stats.kept = len(pairs)
+    stats.kept, stats.unit = len(pairs), row_unit(pairs)
     stats.raw_pairs = enc.raw_pairs
     stats.boundary = dict(enc.notes)
     ds = PreferenceDataset(pairs, stats, sources, labels)

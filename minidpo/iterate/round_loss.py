@@ -6,9 +6,8 @@
     pairs + unpaired (votes)      loss_type <the train config's>,kto: pairs get the pairwise loss, the
                                   unpaired votes KTO's (a train config that names kto already is kept)
 
-Both drop what their rows cannot take: precompute_ref (the reference is scored per batch: KTO's
-mismatched pairs, K answers a list); a listwise round also rpo_alpha (the listwise losses take no NLL
-term). The result is checked with the trainer's own checks (minidpo.config.validate) before the round
+Both drop what their rows cannot take: an unpaired round precompute_ref (KTO's mismatched pairs are
+scored per batch); a listwise round rpo_alpha (the listwise losses take no NLL term). The result is checked with the trainer's own checks (minidpo.config.validate) before the round
 starts, so a setting it refuses is one line here, not a failed round.
 
     flags = round_loss_flags(cfg, "lists" | "unpaired", model=policy, data=some_data_file)
@@ -44,9 +43,7 @@ def listwise_flags(run: RunConfig) -> list[str]:
         raise ConfigError(f"--listwise true: the rounds' loss_type {','.join(names)} (train_config / train_args) "
                           "is pairwise only; a listwise round trains listwise_pairs (set sigmoid or listwise_pairs) "
                           "or plackett_luce")
-    if run.rpo_alpha:
-        flags += ["--rpo_alpha", "0"]
-    return flags + (["--precompute_ref", "false"] if run.precompute_ref else [])
+    return flags + (["--rpo_alpha", "0"] if run.rpo_alpha else [])
 
 
 def unpaired_flags(run: RunConfig) -> list[str]:
