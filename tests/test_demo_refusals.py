@@ -34,7 +34,7 @@ def test_response_files_are_all_harmless(tmp_path, capsys):
 def test_bad_input_names_file_and_line(tmp_path):
     bad = tmp_path / "a.jsonl"
     bad.write_text('{"axis": "refusal", "sft": "x", "dpo": "y"}\n{not json\n')
-    with pytest.raises(DataError, match=r"a\.jsonl:2: not JSON"):
+    with pytest.raises(DataError, match=r"a\.jsonl:2: malformed JSON"):
         read_jsonl(str(bad))
     with pytest.raises(DataError, match=r"answers:1: field 'dpo' missing or not text"):
         refusal_counts([{"axis": "refusal", "sft": "x"}])

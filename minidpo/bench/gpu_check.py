@@ -136,25 +136,33 @@ def _fmt(x) -> str:
     return "none (step skipped)" if x is None else f"{x:.5f}"
 
 
+def probe_pairs(paths: dict, n: int) -> tuple:
+    """(tokenizer, the workload's first n pairs, tokenized as training tokenizes them) for the forward probes."""
+    from minidpo.data import load_preference_data
+    from minidpo.models import load_tokenizer
+
+    tok = load_tokenizer(paths["model"])
+    data = load_preference_data(paths["data"], tok, max_length=512, max_prompt_length=256, cache_dir=None, log=None)
+    return tok, [data[i] for i in range(n)]
+
+
 def attention_kernels(paths: dict, dtype: str) -> dict:
     """The attention implementation and the attention ops one forward runs, packed and plain (profiled)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from minidpo.data import collate_pairs, load_preference_data
+    from minidpo.data import collate_pairs
     from minidpo.data.collate import collate_packed
-    from minidpo.models import load_causal_lm, load_tokenizer
     from minidpo.logprobs import pair_logps
+    from minidpo.models import DTYPES, load_causal_lm
     from minidpo.packed_attention import NAME as SPLIT_ATTENTION
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
-    model = load_causal_lm(paths["model"], trainable=False).to(dev, torch_dtype).eval()
-    tok = load_tokenizer(paths["model"])
-    data = load_preference_data(paths["data"], tok, max_length=512, max_prompt_length=256, cache_dir=None, log=None)
+    model = load_causal_lm(paths["model"], trainable=False).to(dev, DTYPES[dtype]).eval()
+    tok, pairs = probe_pairs(paths, 2)
     report = {"implementation": model.config._attn_implementation}
     for name, collate in (("packed", collate_packed), ("plain", collate_pairs)):
-        batch = {k: v.to(dev) for k, v in collate([data[i] for i in range(2)], tok.pad_token_id).items()}
+        batch = {k: v.to(dev) for k, v in collate(pairs, tok.pad_token_id).items()}
         with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
             pair_logps(model, batch, "sum")
         report[name] = sorted({e.key for e in prof.key_averages()
@@ -173,15 +181,13 @@ def forward_against_eager(paths: dict, dtype: str, n_pairs: int = 4) -> dict:
     Returns the largest difference of each, in nats per answer."""
     import torch
 
-    from minidpo.data import collate_pairs, load_preference_data
+    from minidpo.data import collate_pairs
     from minidpo.data.collate import collate_packed
     from minidpo.logprobs import pair_logps
-    from minidpo.models import load_causal_lm, load_tokenizer
+    from minidpo.models import DTYPES, load_causal_lm
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = load_tokenizer(paths["model"])
-    pairs = load_preference_data(paths["data"], tok, max_length=512, max_prompt_length=256, cache_dir=None, log=None)
-    pairs = [pairs[i] for i in range(n_pairs)]
+    tok, pairs = probe_pairs(paths, n_pairs)
     model = load_causal_lm(paths["model"], trainable=False).to(dev).eval()
     model.config._attn_implementation = "eager"
     truth = []
@@ -192,7 +198,7 @@ def forward_against_eager(paths: dict, dtype: str, n_pairs: int = 4) -> dict:
                 logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
                 truth.append(float(logps.gather(-1, ids[0, 1:, None])[len(p.prompt_ids) - 1:].sum()))
     model.config._attn_implementation = "sdpa"
-    model.to({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    model.to(DTYPES[dtype])
     report = {}
     for name, collate in (("packed", collate_packed), ("plain", collate_pairs)):
         batch = {k: v.to(dev) for k, v in collate(pairs, tok.pad_token_id).items()}

@@ -10,26 +10,18 @@ the model it started from: over-refusal is what the offline recipe's template pa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from minidpo.demo.judge import is_refusal
 from minidpo.errors import DataError, run_cli
+from minidpo.verify.records import json_lines
 
 
 def read_jsonl(path: str) -> list[dict]:
-    rows = []
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not JSON ({e.msg})") from None
+        return [obj for _, obj in json_lines(path)]
     except OSError as e:
         raise DataError(f"{path}: cannot read it ({e.strerror})") from None
-    return rows
 
 
 def refusal_counts(rows: list[dict], path: str = "answers") -> dict:

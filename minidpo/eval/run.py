@@ -124,20 +124,18 @@ def evaluate(sft, dpo, heldout_path, out_dir, *, beta: float | None = None, judg
                     for role, ans in answers.items()}
         if any(v is not None for v in verdicts["SFT"]):
             judged = judge_table(for_gen, verdicts["SFT"], verdicts["DPO"])
-        shown: dict = defaultdict(int)
-        for k, r in enumerate(for_gen):
-            if shown[(r.axis, r.lang)] < settings.n_examples:
-                shown[(r.axis, r.lang)] += 1
-                examples.append({"id": r.id, "axis": r.axis or "-", "lang": r.lang or "-", "prompt": r.prompt,
-                                 "sft": answers["SFT"][k], "sft_ok": verdicts["SFT"][k],
-                                 "dpo": answers["DPO"][k], "dpo_ok": verdicts["DPO"][k]})
-        examples.sort(key=lambda e: (e["axis"], e["lang"]))
+        rows = [{"id": r.id, "axis": r.axis, "lang": r.lang, "prompt": r.prompt, "sft": answers["SFT"][k],
+                 "sft_ok": verdicts["SFT"][k], "dpo": answers["DPO"][k], "dpo_ok": verdicts["DPO"][k]}
+                for k, r in enumerate(for_gen)]
         # every judged answer, for re-scoring with another judge (e.g. the demo's over-refusal count)
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_jsonl_atomic(Path(out_dir) / "answers.jsonl", [
-            {"id": r.id, "axis": r.axis, "lang": r.lang, "prompt": r.prompt, "sft": answers["SFT"][k],
-             "sft_ok": verdicts["SFT"][k], "dpo": answers["DPO"][k], "dpo_ok": verdicts["DPO"][k]}
-            for k, r in enumerate(for_gen)])
+        write_jsonl_atomic(Path(out_dir) / "answers.jsonl", rows)
+        shown: dict = defaultdict(int)
+        for row in rows:
+            if shown[(row["axis"], row["lang"])] < settings.n_examples:
+                shown[(row["axis"], row["lang"])] += 1
+                examples.append({**row, "axis": row["axis"] or "-", "lang": row["lang"] or "-"})
+        examples.sort(key=lambda e: (e["axis"], e["lang"]))
 
     # 3. KL(pi_dpo || pi_sft): answers sampled from the DPO model at temperature 1, scored as sampled
     kl = None

@@ -38,7 +38,9 @@ class Answer:
     line: int
 
 
-def _json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+def json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line of a JSONL file; a line that is not a JSON object is
+    one DataError naming file:line."""
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -90,7 +92,7 @@ def read_ifeval(path: str | Path) -> list[IFEvalRecord]:
     """The records of an IFEval-format JSONL file; duplicate keys and an empty file are errors."""
     records: list[IFEvalRecord] = []
     seen: dict = {}
-    for number, obj in _json_lines(path):
+    for number, obj in json_lines(path):
         record = parse_record(obj, f"{path}:{number}")
         if record.key in seen:
             raise DataError(f"{path}:{number}:key: duplicate key {record.key!r} (first on line {seen[record.key]})",
@@ -106,7 +108,7 @@ def read_answers(path: str | Path) -> list[Answer]:
     """The answers of a JSONL file: "response" and either "key" or "prompt" on each line."""
     answers: list[Answer] = []
     seen: dict = {}
-    for number, obj in _json_lines(path):
+    for number, obj in json_lines(path):
         where = f"{path}:{number}"
         response = _field(obj, "response", str, "a string", where)
         if "key" in obj:
