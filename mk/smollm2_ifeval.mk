@@ -1,7 +1,7 @@
 # Constraint DPO of SmolLM2-135M-Instruct on verifiable instructions, judged by IFEval's verifiers
 # (minidpo.verify), on-policy: `python -m minidpo.iterate --judge verify`. See docs/ifeval.md.
 #   make smollm2-ifeval-data   our own constraint prompts: train.jsonl (600) and a held-out split (150)
-#   make smollm2-ifeval        LoRA DPO rounds from SmolLM2 (39 min measured on 2 shared CPU cores)
+#   make smollm2-ifeval        LoRA DPO rounds from SmolLM2 (about 40 min measured on 2 CPU cores with bf16)
 #   make smollm2-ifeval-eval IFEVAL=path/to/input_data.jsonl   IFEval's 541 prompts: SmolLM2 vs the last round
 #   make smollm2-ifeval-app    both side by side, example prompts picked by measurement on the held-out split
 SMOLLM2_IFEVAL_DATA   ?= $(DATA_DIR)/ifeval

@@ -1,7 +1,7 @@
 # Refusal without parroting: on-policy DPO of SmolLM2-135M-Instruct on its own answers to the demo's English
 # prompts, judged by the demo's rule judge (`python -m minidpo.iterate --judge rule`, `--prefill`). See docs/smollm2.md.
-# Measured (3 rounds, 44 min, 2-core EPYC with bf16 units, shared): refusal 5% -> 35% in SmolLM2's own words,
-# KL 7.1 nats per answer; the issue's targets (>= 80%, no more harmless refusals, IFEval cost) not yet met.
+# Measured (5 rounds, ~13 min a round alone, 2-core EPYC with bf16 units): refusal 5% -> 85% in SmolLM2's own words,
+# KL 13.0 nats per answer, IFEval -0.8 / -0.2 points; harmless look-alikes refused 13% (SmolLM2 5%): not yet met.
 #   make smollm2-refusal        LoRA DPO rounds from SmolLM2, resumable (SMOLLM2_REFUSAL_OUT=, ARGS=)
 #   make smollm2-refusal-eval   held-out English prompts: SmolLM2 vs the last round (judged, over-refusal, KL)
 SMOLLM2_REFUSAL_OUT    ?= runs/smollm2-refusal
