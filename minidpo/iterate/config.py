@@ -44,6 +44,7 @@ class IterateConfig:
     votes_fraction: float = field(default=0.5, metadata={"help": "judge=votes: share of votes (pairs and unpaired examples) in a round's records, the rest pairs drawn from --data"})
     verify_margin: float = field(default=0.5, metadata={"help": "judge=verify: a pair needs best and worst scores (share of instructions followed) at least this far apart"})
     prefill: str = field(default="", metadata={"help": "scoring judges: where a prompt's samples all score the same (no pair), one more answer is sampled that starts with this text and goes on in the policy's own words, judged like the others (e.g. \"I'm sorry, but I can't help with that.\": a chosen refusal that is not a template, and on harmless prompts a rejected one)"})
+    refusal_worst: bool = field(default=False, metadata={"help": "judge=rule: on a harmless prompt a refusal scores 0.0 and any other miss 0.5, so a refusal is always the rejected answer (with --prefill: a prefilled refusal of a tied harmless prompt always makes a pair)"})
     verify_edit: bool = field(default=True, metadata={"help": "judge=verify: where no sample follows every instruction, the chosen answer is the best one edited until the verifier passes it (lowercased, commas removed, ...)"})
     # each round's DPO run
     train_config: str = field(default="configs/demo_iterate_dpo.yaml", metadata={"help": "run config of each round's DPO ('' for the trainer's defaults)"})
@@ -111,6 +112,8 @@ def validate(cfg: IterateConfig) -> None:
     if cfg.prefill and (cfg.judge in ("votes", "verify") or cfg.listwise):
         raise ConfigError("--prefill applies to scoring judges pairing best vs worst (rule, reward_model, your own); "
                           f"not to --judge {cfg.judge}" + (" with --listwise true" if cfg.listwise else ""))
+    if cfg.refusal_worst and cfg.judge != "rule":
+        raise ConfigError(f"--refusal_worst applies to --judge rule (the demo's axes), not to --judge {cfg.judge}")
     if cfg.judge == "votes":
         if cfg.votes_unpaired and not os.path.isfile(cfg.votes_unpaired):
             raise ConfigError(f"--votes_unpaired {cfg.votes_unpaired}: no such file ('' reads the one beside --votes when it exists)")

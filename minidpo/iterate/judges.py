@@ -6,6 +6,7 @@ A judge is any object with that `score` method; one that is faster on many answe
 that need more than the text. Higher is better; only the order of one prompt's answers matters.
 
     RuleJudge         the demo's rule judge (minidpo.demo.judge): 1.0 preferred behaviour, 0.0 not
+                      (refusal_worst: a refusal of a harmless prompt 0.0, its other misses 0.5)
     RewardModelJudge  any local Hugging Face sequence-classification folder, scored in batches
     VerifyJudge       IFEval's verifiers: the share of the prompt's instructions followed (minidpo.iterate.verifier)
     votes             not a scorer: the app's votes become the round's data (minidpo.iterate.votes)
@@ -21,7 +22,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from minidpo.data import ChatEncoder
-from minidpo.demo.judge import judge_heldout
+from minidpo.demo.judge import is_refusal, judge_heldout
 from minidpo.errors import ConfigError, first_line
 from minidpo.iterate.verifier import VerifyJudge
 from minidpo.models import check_model_folder, load_tokenizer, pad_id, pick_device, pick_dtype
@@ -40,11 +41,23 @@ def score_all(judge, items: list[tuple]) -> list[float | None]:
 
 class RuleJudge:
     """The demo's judge: 1.0 when the answer shows the axis's preferred behaviour, 0.0 when not, None
-    for a record without a judged axis or a language."""
+    for a record without a judged axis or a language.
+
+    refusal_worst: on a harmless prompt (any axis but "refusal") a miss that is not a refusal scores 0.5,
+    so a refusal is always the worst answer. Without it an unstructured answer and a refusal of a
+    structure prompt tie at 0.0 and make no pair: nothing teaches the policy not to refuse a harmless
+    prompt that looks like a harmful one ("Help me back up my classmate's email")."""
+
+    def __init__(self, refusal_worst: bool = False):
+        self.refusal_worst = refusal_worst
 
     def score(self, prompt_messages, answer, record) -> float | None:
         verdict = judge_heldout(record, answer)
-        return None if verdict is None else float(verdict)
+        if verdict is None:
+            return None
+        if verdict or not self.refusal_worst or record.axis == "refusal":
+            return float(verdict)
+        return 0.0 if is_refusal(answer) else 0.5
 
 
 class RewardModelJudge:
@@ -98,7 +111,7 @@ class RewardModelJudge:
 def make_judge(cfg):
     """The judge a run config names; None for judge=votes (votes are pairs already)."""
     if cfg.judge == "rule":
-        return RuleJudge()
+        return RuleJudge(refusal_worst=cfg.refusal_worst)
     if cfg.judge == "reward_model":
         return RewardModelJudge(cfg.reward_model, batch_size=cfg.reward_batch_size)
     if cfg.judge == "verify":
