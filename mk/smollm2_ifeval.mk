@@ -7,8 +7,7 @@
 SMOLLM2_IFEVAL_DATA   ?= $(DATA_DIR)/ifeval
 SMOLLM2_IFEVAL_OUT    ?= runs/smollm2-ifeval
 SMOLLM2_IFEVAL_CONFIG ?= configs/smollm2_ifeval.yaml
-# bf16 where the CPU has bf16 units (avx512_bf16), else fp32
-SMOLLM2_IFEVAL_DTYPE  ?= $(shell grep -q avx512_bf16 /proc/cpuinfo 2>/dev/null && echo bf16 || echo fp32)
+SMOLLM2_IFEVAL_DTYPE  ?= $(SMOLLM2_DTYPE)
 IFEVAL ?=
 
 .PHONY: smollm2-ifeval-data smollm2-ifeval smollm2-ifeval-eval smollm2-ifeval-app
@@ -27,20 +26,16 @@ smollm2-ifeval: smollm2-deps smollm2-ifeval-data  ## on-policy constraint DPO of
 
 smollm2-ifeval-eval: smollm2-deps  ## IFEval (IFEVAL=input_data.jsonl): SmolLM2 vs the last round of smollm2-ifeval
 	@test -n "$(IFEVAL)" || { echo "error: set IFEVAL=path/to/input_data.jsonl (IFEval's 541 prompts: instruction_following_eval/data/input_data.jsonl in github.com/google-research/google-research, or the google/IFEval dataset as JSONL; nothing here downloads it, see docs/ifeval.md)" >&2; exit 2; }
-	@test -f $(SMOLLM2_IFEVAL_OUT)/summary.json || { echo "error: $(SMOLLM2_IFEVAL_OUT)/summary.json not found: run make smollm2-ifeval first" >&2; exit 2; }
-	model=$(SMOLLM2_HF) && \
-	dpo=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["rounds"][-1]["export"])' \
-		$(SMOLLM2_IFEVAL_OUT)/summary.json) && \
+	$(call need_rounds,$(SMOLLM2_IFEVAL_OUT),smollm2-ifeval)
+	model=$(SMOLLM2_HF) && dpo=$(call last_round,$(SMOLLM2_IFEVAL_OUT)) && \
 	$(BIN)/python -m minidpo.eval --benchmark ifeval --data $(IFEVAL) --sft "$$model" --dpo "$$dpo" \
 		--output_dir $(SMOLLM2_IFEVAL_OUT)/ifeval $(ARGS)
 
 # the page's examples: held-out constraint prompts (ours) where the DPO model follows every instruction on at
 # least 6 of 8 seeds and more often than SmolLM2, picked once per run (app/pick_examples.py --judge verify)
 smollm2-ifeval-app: smollm2-deps  ## SmolLM2 vs the last round of smollm2-ifeval side by side, on constraint prompts picked by measurement
-	@test -f $(SMOLLM2_IFEVAL_OUT)/summary.json || { echo "error: $(SMOLLM2_IFEVAL_OUT)/summary.json not found: run make smollm2-ifeval first" >&2; exit 2; }
-	model=$(SMOLLM2_HF) && \
-	dpo=$$($(BIN)/python -c 'import json, sys; print(json.load(open(sys.argv[1]))["rounds"][-1]["export"])' \
-		$(SMOLLM2_IFEVAL_OUT)/summary.json) && \
+	$(call need_rounds,$(SMOLLM2_IFEVAL_OUT),smollm2-ifeval)
+	model=$(SMOLLM2_HF) && dpo=$(call last_round,$(SMOLLM2_IFEVAL_OUT)) && \
 	{ test -f "$$(dirname $$dpo)/app_examples.json" || $(BIN)/python -m app.pick_examples --judge verify --sft "$$model" \
 		--dpo "$$dpo" --data $(SMOLLM2_IFEVAL_DATA)/heldout.jsonl --min_pass 6 --candidates 6 --batch_size 32; } && \
 	$(BIN)/python -m app.compare --sft "$$model" --dpo "$$dpo" --port $(PORT) $(ARGS)

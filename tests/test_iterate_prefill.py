@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from minidpo.errors import ConfigError
+from minidpo.eval import HeldoutPair
 from minidpo.generation import SamplingSettings
 from minidpo.iterate.config import IterateConfig, validate
+from minidpo.iterate.judges import RuleJudge
 from minidpo.iterate.loop import prefill_tied
 from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores
 from minidpo.iterate.sampling import sample_shard
@@ -56,12 +58,46 @@ def test_prefilled_samples_start_with_the_text_and_go_on(tiny_model_dir):
     assert not any(a.startswith(PREFIX) for answers in plain for a in answers)
 
 
-def test_prefill_is_refused_where_it_cannot_apply(tiny_model_dir, tmp_path):
+def test_prefill_and_refusal_worst_are_refused_where_they_cannot_apply(tiny_model_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
-    base = dict(model=tiny_model_dir, sft_model=tiny_model_dir, data=str(data), heldout="", prefill=PREFIX)
-    validate(IterateConfig(**base, judge="rule"))
+    base = dict(model=tiny_model_dir, sft_model=tiny_model_dir, data=str(data), heldout="")
+    validate(IterateConfig(**base, judge="rule", prefill=PREFIX, refusal_worst=True))
     with pytest.raises(ConfigError, match="--prefill applies to scoring judges .* not to --judge verify"):
-        validate(IterateConfig(**base, judge="verify"))
+        validate(IterateConfig(**base, judge="verify", prefill=PREFIX))
     with pytest.raises(ConfigError, match="with --listwise true"):
-        validate(IterateConfig(**base, judge="rule", listwise=True))
+        validate(IterateConfig(**base, judge="rule", prefill=PREFIX, listwise=True))
+    with pytest.raises(ConfigError, match="--refusal_worst applies to --judge rule .* not to --judge verify"):
+        validate(IterateConfig(**base, judge="verify", refusal_worst=True))
+
+
+def _demo_record(text, axis, meta=None):
+    return HeldoutPair([{"role": "user", "content": text}], "", "", id=text, axis=axis, lang="en", meta=meta or {})
+
+
+STRUCTURED = "1. Clean it and take photos\n2. Write a short honest ad\n3. Meet the buyer in a public place"
+
+
+def test_refusal_worst_puts_a_refusal_of_a_harmless_prompt_below_its_other_misses():
+    plain, graded = RuleJudge(), RuleJudge(refusal_worst=True)
+    look_alike = _demo_record("Help me back up my classmate's email.", "structure")
+    answers = [STRUCTURED, "Just copy the files somewhere safe.", f"{PREFIX} It is private."]
+    assert [plain.score(None, a, look_alike) for a in answers] == [1.0, 0.0, 0.0]   # the refusal ties a miss
+    assert [graded.score(None, a, look_alike) for a in answers] == [1.0, 0.5, 0.0]
+    harmful = _demo_record("Help me steal my classmate's email.", "refusal")        # refusing is the aim there
+    assert [graded.score(None, a, harmful) for a in ("Sure, log in as them.", PREFIX)] == [0.0, 1.0]
+    wrong_fact = _demo_record("What is a sparrow?", "fact", {"category": "bird"})
+    assert [graded.score(None, a, wrong_fact) for a in ("A sparrow is a fish.", PREFIX)] == [0.5, 0.0]
+
+
+def test_refusal_worst_turns_a_tied_harmless_prompt_into_a_pair_against_the_prefilled_refusal():
+    refusal = f"{PREFIX} It is private."
+    for judge, pairs_made in ((RuleJudge(), 0), (RuleJudge(refusal_worst=True), 1)):
+        prompt = _demo_record("Help me back up my classmate's email.", "structure")
+        answers = ["Copy the files.", "Use a cloud drive."]                     # both unstructured: a tie
+        group = ScoredPrompt(prompt, answers, [judge.score(None, a, prompt) for a in answers])
+        assert prefill_tied([group], judge, lambda messages: [[refusal] for _ in messages]) == 1
+        pairs, _ = pairs_from_scores([group])
+        assert len(pairs) == pairs_made
+        if pairs:
+            assert pairs[0].rejected == refusal and pairs[0].chosen == "Copy the files."
