@@ -1,10 +1,14 @@
 """make iterate's --prefill: where a prompt's samples tie, one more answer that starts with the prefill text
-and goes on in the policy's own words joins them (a refusal in the model's words, not a template)."""
+and goes on in the policy's own words joins them (a refusal in the model's words, not a template); with
+--refusal_worst the rule judge ranks a refusal of a harmless prompt below its other misses."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from minidpo.config import parse_config
 from minidpo.errors import ConfigError
 from minidpo.eval import HeldoutPair
 from minidpo.generation import SamplingSettings
@@ -101,3 +105,11 @@ def test_refusal_worst_turns_a_tied_harmless_prompt_into_a_pair_against_the_pref
         assert len(pairs) == pairs_made
         if pairs:
             assert pairs[0].rejected == refusal and pairs[0].chosen == "Copy the files."
+
+
+def test_the_refusal_recipe_config_parses():
+    root = Path(__file__).resolve().parents[1]
+    cfg = parse_config(["--config", str(root / "configs/smollm2_refusal.yaml")], IterateConfig)
+    assert (cfg.judge, cfg.prefill, cfg.refusal_worst, cfg.reference) == ("rule", PREFIX, False, "previous")
+    assert parse_config(["--config", str(root / "configs/smollm2_refusal.yaml"), "--refusal_worst", "true"],
+                        IterateConfig).refusal_worst
