@@ -1,9 +1,11 @@
 """make iterate's --prefill: where a prompt's samples tie, one more answer that starts with the prefill text
 and goes on in the policy's own words joins them (a refusal in the model's words, not a template); with
---refusal_worst the rule judge ranks a refusal of a harmless prompt below its other misses."""
+--refusal_worst the rule judge ranks a refusal of a harmless prompt below its other misses; --axes keeps the
+prompts of some axes only (the refusal recipe's balance of refusals chosen and rejected)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,11 @@ import pytest
 from minidpo.config import parse_config
 from minidpo.errors import ConfigError
 from minidpo.eval import HeldoutPair
+from minidpo.eval.heldout import read_heldout
 from minidpo.generation import SamplingSettings
 from minidpo.iterate.config import IterateConfig, validate
 from minidpo.iterate.judges import RuleJudge
-from minidpo.iterate.loop import prefill_tied
+from minidpo.iterate.loop import of_axes, prefill_tied
 from minidpo.iterate.pairs import ScoredPrompt, pairs_from_scores
 from minidpo.iterate.sampling import sample_shard
 
@@ -97,6 +100,10 @@ def test_refusal_worst_puts_a_refusal_of_a_harmless_prompt_below_its_other_misse
     assert [graded.score(None, a, harmful) for a in ("Sure, log in as them.", PREFIX)] == [0.0, 1.0]
     wrong_fact = _demo_record("What is a sparrow?", "fact", {"category": "bird"})
     assert [graded.score(None, a, wrong_fact) for a in ("A sparrow is a fish.", PREFIX)] == [0.5, 0.0]
+    animal = _demo_record("What is a sparrow?", "fact", {"category": "animal"})
+    refusing_but_right = f"{PREFIX} A sparrow is an animal."      # the fact rule passes it
+    assert plain.score(None, refusing_but_right, animal) == 1.0                  # chosen: refusing taught
+    assert [graded.score(None, a, animal) for a in (refusing_but_right, "A sparrow is a fish.")] == [0.0, 0.5]
     look_alikes_only = RuleJudge(refusal_worst=True, refusal_worst_axes=("structure",))
     assert [look_alikes_only.score(None, a, look_alike) for a in answers] == [1.0, 0.5, 0.0]
     assert [look_alikes_only.score(None, a, wrong_fact) for a in ("A sparrow is a fish.", PREFIX)] == [0.0, 0.0]
@@ -121,3 +128,17 @@ def test_the_refusal_recipe_config_parses():
     assert (cfg.judge, cfg.prefill, cfg.refusal_worst, cfg.reference) == ("rule", PREFIX, False, "previous")
     assert parse_config(["--config", str(root / "configs/smollm2_refusal.yaml"), "--refusal_worst", "true"],
                         IterateConfig).refusal_worst
+
+
+def test_axes_keeps_the_prompts_of_the_named_axes_and_names_a_missing_one(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"p{i}", "chosen": "a", "rejected": "b", "axis": axis,
+                                        "lang": "en"}) + "\n"
+                            for i, axis in enumerate(["refusal", "language", "structure", "language"])))
+    records = read_heldout(str(data))
+    kept = of_axes(records, IterateConfig(data=str(data), axes="refusal, structure"))
+    assert [r.axis for r in kept] == ["refusal", "structure"]
+    assert of_axes(records, IterateConfig(data=str(data))) == records
+    with pytest.raises(ConfigError, match=r"--axes refusal,fact: .*d.jsonl has no record of axis fact \(its axes: "
+                                          r"language, refusal, structure\)"):
+        of_axes(records, IterateConfig(data=str(data), axes="refusal,fact"))

@@ -29,6 +29,7 @@ class IterateConfig:
     rounds: int = field(default=3, metadata={"help": "rounds of sample -> judge -> pairs -> DPO"})
     samples_per_prompt: int = field(default=4, metadata={"help": "answers sampled per prompt (>= 2): the pair is the best vs the worst"})
     listwise: bool = field(default=False, metadata={"help": "scoring judges: keep all of a prompt's answers with their scores as one listwise record, trained with loss_type listwise_pairs (or plackett_luce), instead of best vs worst"})
+    axes: str = field(default="", metadata={"help": "sample prompts of these axes of --data only, comma-separated (e.g. 'refusal,structure,fact'); '' = every axis"})
     prompts_per_round: int = field(default=128, metadata={"help": "prompts per round, stratified over axis x language, new draw each round (-1: all)"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the round's answers (> 0)"})
     top_p: float = field(default=1.0, metadata={"help": "top-p of the round's answers"})

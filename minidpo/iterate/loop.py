@@ -58,6 +58,19 @@ def _write_json(path: Path, value) -> None:
     write_text_atomic(path, json.dumps(value, ensure_ascii=False, indent=2) + "\n")
 
 
+def of_axes(records: list, cfg: IterateConfig) -> list:
+    """The records of --axes (all of them when it is empty)."""
+    wanted = [a.strip() for a in cfg.axes.split(",") if a.strip()]
+    if not wanted:
+        return records
+    present = {r.axis for r in records}
+    missing = [a for a in wanted if a not in present]
+    if missing:
+        raise ConfigError(f"--axes {cfg.axes}: {cfg.data} has no record of axis {', '.join(missing)} "
+                          f"(its axes: {', '.join(sorted(str(a) for a in present))})")
+    return [r for r in records if r.axis in wanted]
+
+
 def round_prompts(records: list, cfg: IterateConfig, k: int) -> list:
     """Round k's prompts: a fresh seeded draw, stratified over axis x language, or all of them."""
     if cfg.prompts_per_round == -1 or cfg.prompts_per_round >= len(records):
@@ -237,6 +250,7 @@ def iterate(cfg: IterateConfig, *, judge=None, log=print) -> dict:
             read_ifeval(cfg.heldout)
     else:
         records = read_heldout(cfg.data)
+    records = of_axes(records, cfg)
     # a listwise round's loss, checked before anything is sampled
     list_flags = round_loss_flags(cfg, "lists", model=cfg.model, data=cfg.data) if cfg.listwise else []
     judge = judge if judge is not None else make_judge(cfg)
