@@ -76,11 +76,6 @@ def test_prefill_and_refusal_worst_are_refused_where_they_cannot_apply(tiny_mode
         validate(IterateConfig(**base, judge="rule", prefill=PREFIX, listwise=True))
     with pytest.raises(ConfigError, match="--refusal_worst applies to --judge rule .* not to --judge verify"):
         validate(IterateConfig(**base, judge="verify", refusal_worst=True))
-    validate(IterateConfig(**base, judge="rule", refusal_worst=True, refusal_worst_axes="structure, fact"))
-    with pytest.raises(ConfigError, match="--refusal_worst_axes needs --refusal_worst true"):
-        validate(IterateConfig(**base, judge="rule", refusal_worst_axes="structure"))
-    with pytest.raises(ConfigError, match="refusal is not a harmless axis .*structure"):
-        validate(IterateConfig(**base, judge="rule", refusal_worst=True, refusal_worst_axes="structure,refusal"))
 
 
 def _demo_record(text, axis, meta=None):
@@ -104,9 +99,6 @@ def test_refusal_worst_puts_a_refusal_of_a_harmless_prompt_below_its_other_misse
     refusing_but_right = f"{PREFIX} A sparrow is an animal."      # the fact rule passes it
     assert plain.score(None, refusing_but_right, animal) == 1.0                  # chosen: refusing taught
     assert [graded.score(None, a, animal) for a in (refusing_but_right, "A sparrow is a fish.")] == [0.0, 0.5]
-    look_alikes_only = RuleJudge(refusal_worst=True, refusal_worst_axes=("structure",))
-    assert [look_alikes_only.score(None, a, look_alike) for a in answers] == [1.0, 0.5, 0.0]
-    assert [look_alikes_only.score(None, a, wrong_fact) for a in ("A sparrow is a fish.", PREFIX)] == [0.0, 0.0]
 
 
 def test_refusal_worst_turns_a_tied_harmless_prompt_into_a_pair_against_the_prefilled_refusal():

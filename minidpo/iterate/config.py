@@ -8,11 +8,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minidpo.demo.judge import JUDGED_AXES
 from minidpo.errors import ConfigError
 
 REFERENCES = ("sft", "previous")
-HARMLESS_AXES = tuple(a for a in JUDGED_AXES if a != "refusal")
 BUILTIN_JUDGES = ("rule", "reward_model", "votes", "verify")
 LAUNCHERS = ("deepspeed", "python")
 
@@ -48,7 +46,6 @@ class IterateConfig:
     verify_margin: float = field(default=0.5, metadata={"help": "judge=verify: a pair needs best and worst scores (share of instructions followed) at least this far apart"})
     prefill: str = field(default="", metadata={"help": "scoring judges: where a prompt's samples all score the same (no pair), one more answer is sampled that starts with this text and goes on in the policy's own words, judged like the others (e.g. \"I'm sorry, but I can't help with that.\": a chosen refusal that is not a template, and on harmless prompts a rejected one)"})
     refusal_worst: bool = field(default=False, metadata={"help": "judge=rule: on a harmless prompt a refusal scores 0.0 and any other miss 0.5, so a refusal is always the rejected answer (with --prefill: a prefilled refusal of a tied harmless prompt always makes a pair)"})
-    refusal_worst_axes: str = field(default="", metadata={"help": "with --refusal_worst: the harmless axes it applies to, comma-separated (e.g. 'structure': the how-do-I prompts that look like harmful ones); '' = every harmless axis"})
     verify_edit: bool = field(default=True, metadata={"help": "judge=verify: where no sample follows every instruction, the chosen answer is the best one edited until the verifier passes it (lowercased, commas removed, ...)"})
     # each round's DPO run
     train_config: str = field(default="configs/demo_iterate_dpo.yaml", metadata={"help": "run config of each round's DPO ('' for the trainer's defaults)"})
@@ -67,11 +64,6 @@ class IterateConfig:
         from dataclasses import asdict
 
         return asdict(self)
-
-    def refusal_worst_axis_list(self) -> tuple[str, ...]:
-        """The harmless axes where a refusal scores below any other miss: the named ones, else all."""
-        named = tuple(a.strip() for a in self.refusal_worst_axes.split(",") if a.strip())
-        return named or HARMLESS_AXES
 
     def votes_beside(self, kind: str) -> str:
         """The app's file of `kind` ("unpaired", "battles") next to the votes file: its name + _kind
@@ -123,13 +115,6 @@ def validate(cfg: IterateConfig) -> None:
                           f"not to --judge {cfg.judge}" + (" with --listwise true" if cfg.listwise else ""))
     if cfg.refusal_worst and cfg.judge != "rule":
         raise ConfigError(f"--refusal_worst applies to --judge rule (the demo's axes), not to --judge {cfg.judge}")
-    if cfg.refusal_worst_axes:
-        if not cfg.refusal_worst:
-            raise ConfigError("--refusal_worst_axes needs --refusal_worst true")
-        unknown = [a for a in cfg.refusal_worst_axis_list() if a not in HARMLESS_AXES]
-        if unknown:
-            raise ConfigError(f"--refusal_worst_axes {cfg.refusal_worst_axes}: {', '.join(unknown)} is not a harmless "
-                              f"axis of the rule judge ({', '.join(HARMLESS_AXES)})")
     if cfg.judge == "votes":
         if cfg.votes_unpaired and not os.path.isfile(cfg.votes_unpaired):
             raise ConfigError(f"--votes_unpaired {cfg.votes_unpaired}: no such file ('' reads the one beside --votes when it exists)")

@@ -24,7 +24,6 @@ from transformers import AutoModelForSequenceClassification
 from minidpo.data import ChatEncoder
 from minidpo.demo.judge import is_refusal, judge_heldout
 from minidpo.errors import ConfigError, first_line
-from minidpo.iterate.config import HARMLESS_AXES
 from minidpo.iterate.verifier import VerifyJudge
 from minidpo.models import check_model_folder, load_tokenizer, pad_id, pick_device, pick_dtype
 
@@ -44,20 +43,19 @@ class RuleJudge:
     """The demo's judge: 1.0 when the answer shows the axis's preferred behaviour, 0.0 when not, None
     for a record without a judged axis or a language.
 
-    refusal_worst: on a harmless prompt (any axis but "refusal", or only `refusal_worst_axes`) a refusal
-    scores 0.0 even where the axis's rule passes it, and any other miss 0.5: a refusal is always the worst answer. Without it an unstructured answer and a refusal of a
-    structure prompt tie at 0.0 and make no pair: nothing teaches the policy not to refuse a harmless
+    refusal_worst: on a harmless prompt (any axis but "refusal") a refusal scores 0.0 even where the axis's
+    rule passes it, and any other miss 0.5: a refusal is always the worst answer. Without it an unstructured
+    answer and a refusal of a structure prompt tie at 0.0 and make no pair: nothing teaches the policy not to refuse a harmless
     prompt that looks like a harmful one ("Help me back up my classmate's email")."""
 
-    def __init__(self, refusal_worst: bool = False, refusal_worst_axes: tuple[str, ...] = ()):
-        # the axes where a refusal is worse than any other miss (all harmless ones unless named)
-        self.refusal_worst_axes = (refusal_worst_axes or HARMLESS_AXES) if refusal_worst else ()
+    def __init__(self, refusal_worst: bool = False):
+        self.refusal_worst = refusal_worst
 
     def score(self, prompt_messages, answer, record) -> float | None:
         verdict = judge_heldout(record, answer)
         if verdict is None:
             return None
-        if record.axis not in self.refusal_worst_axes:
+        if not self.refusal_worst or record.axis == "refusal":
             return float(verdict)
         # a refusal is the worst answer even where the axis's rule passes it ("I'm sorry, I can't help with
         # that. A tiger is an animal."): chosen, it would teach refusing the harmless prompt
@@ -115,7 +113,7 @@ class RewardModelJudge:
 def make_judge(cfg):
     """The judge a run config names; None for judge=votes (votes are pairs already)."""
     if cfg.judge == "rule":
-        return RuleJudge(cfg.refusal_worst, cfg.refusal_worst_axis_list())
+        return RuleJudge(refusal_worst=cfg.refusal_worst)
     if cfg.judge == "reward_model":
         return RewardModelJudge(cfg.reward_model, batch_size=cfg.reward_batch_size)
     if cfg.judge == "verify":
