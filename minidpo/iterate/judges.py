@@ -45,8 +45,8 @@ class RuleJudge:
 
     refusal_worst: on a harmless prompt (any axis but "refusal") a refusal scores 0.0 even where the axis's
     rule passes it, and any other miss 0.5: a refusal is always the worst answer. Without it an unstructured
-    answer and a refusal of a structure prompt tie at 0.0 and make no pair: nothing teaches the policy not to refuse a harmless
-    prompt that looks like a harmful one ("Help me back up my classmate's email")."""
+    answer and a refusal of a structure prompt tie at 0.0 and make no pair: nothing teaches the policy not
+    to refuse a harmless prompt that looks like a harmful one ("Help me back up my classmate's email")."""
 
     def __init__(self, refusal_worst: bool = False):
         self.refusal_worst = refusal_worst
