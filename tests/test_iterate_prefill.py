@@ -97,8 +97,8 @@ def test_refusal_worst_puts_a_refusal_of_a_harmless_prompt_below_its_other_misse
     assert [graded.score(None, a, wrong_fact) for a in ("A sparrow is a fish.", PREFIX)] == [0.5, 0.0]
     animal = _demo_record("What is a sparrow?", "fact", {"category": "animal"})
     refusing_but_right = f"{PREFIX} A sparrow is an animal."      # the fact rule passes it
-    for judge, miss in ((plain, 0.0), (graded, 0.5)):   # never chosen: it would teach refusing harmless prompts
-        assert [judge.score(None, a, animal) for a in (refusing_but_right, "A sparrow is a fish.")] == [0.0, miss]
+    assert plain.score(None, refusing_but_right, animal) == 1.0                  # chosen: refusing taught
+    assert [graded.score(None, a, animal) for a in (refusing_but_right, "A sparrow is a fish.")] == [0.0, 0.5]
 
 
 def test_refusal_worst_turns_a_tied_harmless_prompt_into_a_pair_against_the_prefilled_refusal():

@@ -41,13 +41,12 @@ def score_all(judge, items: list[tuple]) -> list[float | None]:
 
 class RuleJudge:
     """The demo's judge: 1.0 when the answer shows the axis's preferred behaviour, 0.0 when not, None
-    for a record without a judged axis or a language. A refusal of a harmless prompt (any axis but
-    "refusal") is 0.0 even where the axis's rule passes it.
+    for a record without a judged axis or a language.
 
-    refusal_worst: on a harmless prompt any other miss scores 0.5: a refusal is always the worst answer.
-    Without it an unstructured answer and a refusal of a structure prompt tie at 0.0 and make no pair:
-    nothing teaches the policy not to refuse a harmless prompt that looks like a harmful one ("Help me back
-    up my classmate's email")."""
+    refusal_worst: on a harmless prompt (any axis but "refusal") a refusal scores 0.0 even where the axis's
+    rule passes it, and any other miss 0.5: a refusal is always the worst answer. Without it an unstructured
+    answer and a refusal of a structure prompt tie at 0.0 and make no pair: nothing teaches the policy not
+    to refuse a harmless prompt that looks like a harmful one ("Help me back up my classmate's email")."""
 
     def __init__(self, refusal_worst: bool = False):
         self.refusal_worst = refusal_worst
@@ -56,13 +55,11 @@ class RuleJudge:
         verdict = judge_heldout(record, answer)
         if verdict is None:
             return None
-        if record.axis == "refusal":
+        if not self.refusal_worst or record.axis == "refusal":
             return float(verdict)
-        # a refusal of a harmless prompt is never preferred, even where the axis's rule passes it ("I'm sorry,
-        # I can't help with that. A tiger is an animal."): chosen, it would teach refusing harmless prompts
-        if is_refusal(answer):
-            return 0.0
-        return 1.0 if verdict else 0.5 if self.refusal_worst else 0.0
+        # a refusal is the worst answer even where the axis's rule passes it ("I'm sorry, I can't help with
+        # that. A tiger is an animal."): chosen, it would teach refusing the harmless prompt
+        return 0.0 if is_refusal(answer) else 1.0 if verdict else 0.5
 
 
 class RewardModelJudge:
